@@ -1,0 +1,137 @@
+"""Configuration of the mhc-lm decoder: Llama-style block F plus a swappable residual mode."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+RESIDUAL_MODES = ("standard", "hc", "mhc", "grid")
+MHC_INITS = ("uniform", "identity")
+STREAM_COLLAPSES = ("mean",)
+
+
+class MhcLmConfig(PreTrainedConfig):
+    """Hugging Face config of an mhc-lm model.
+
+    Block hyperparameters use the Llama names. The residual topology is chosen by
+    `residual_mode`:
+      - "standard": pre-norm residual x + F(x);
+      - "hc": Hyper-Connections (Zhu et al., arXiv 2409.19606) with `n_streams` streams;
+      - "mhc": Manifold-Constrained HC (DeepSeek-AI, arXiv 2512.24880) with `n_streams`
+        streams, H_res projected by `sinkhorn_iters` Sinkhorn-Knopp iterations;
+      - "grid": blocks on a `grid_size` x `grid_size` bifurcation-merge grid (Park & Han),
+        repeated num_hidden_layers / grid_size**2 times.
+    `n_streams` only matters for hc/mhc; `grid_size` only for grid.
+    `mhc_init`: "uniform" (b = 0, H_res ~ 1/n, the Megatron/DeepSeek-V4 default) or
+    "identity" (b_res = 6I - 3, b_pre = +3 on the layer's home stream, -3 elsewhere).
+    `fused_kernels`: use the Triton kernels of `mhc_lm.kernels` on CUDA when importable.
+    """
+
+    model_type = "mhc_lm"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 512,
+        intermediate_size: int = 1376,
+        num_hidden_layers: int = 8,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        max_position_embeddings: int = 2048,
+        rope_theta: float = 10000.0,
+        rms_norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        residual_mode: str = "standard",
+        n_streams: int = 4,
+        sinkhorn_iters: int = 20,
+        grid_size: int = 2,
+        mhc_init: str = "uniform",
+        mhc_gate_init: float = 0.01,
+        hc_dynamic: bool = True,
+        stream_collapse: str = "mean",
+        fused_kernels: bool = False,
+        attention_dropout: float = 0.0,
+        use_cache: bool = True,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.head_dim = head_dim
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.tie_word_embeddings = tie_word_embeddings
+        self.residual_mode = residual_mode
+        self.n_streams = n_streams
+        self.sinkhorn_iters = sinkhorn_iters
+        self.grid_size = grid_size
+        self.mhc_init = mhc_init
+        self.mhc_gate_init = mhc_gate_init
+        self.hc_dynamic = hc_dynamic
+        self.stream_collapse = stream_collapse
+        self.fused_kernels = fused_kernels
+        self.attention_dropout = attention_dropout
+        self.use_cache = use_cache
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self._validate_mhc_lm()
+        super().__init__(**kwargs)
+
+    def _validate_mhc_lm(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            positive(name)
+        if self.residual_mode not in RESIDUAL_MODES:
+            raise ValueError(f"residual_mode must be one of {list(RESIDUAL_MODES)}, got {self.residual_mode!r}")
+        if not isinstance(self.n_streams, int) or self.n_streams < 1:
+            raise ValueError(f"n_streams must be an integer >= 1, got {self.n_streams!r}")
+        if not isinstance(self.sinkhorn_iters, int) or self.sinkhorn_iters < 0:
+            raise ValueError(f"sinkhorn_iters must be an integer >= 0, got {self.sinkhorn_iters!r}")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size}); "
+                "set head_dim explicitly otherwise"
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"num_key_value_heads ({self.num_key_value_heads}) must divide num_attention_heads ({self.num_attention_heads})"
+            )
+        if (self.head_dim or self.hidden_size // self.num_attention_heads) % 2 != 0:
+            raise ValueError("head_dim must be even for rotary embeddings")
+        if self.residual_mode == "grid":
+            if not isinstance(self.grid_size, int) or self.grid_size < 1:
+                raise ValueError(f"grid_size must be an integer >= 1, got {self.grid_size!r}")
+            if self.num_hidden_layers % (self.grid_size**2) != 0:
+                raise ValueError(
+                    f"num_hidden_layers ({self.num_hidden_layers}) must be divisible by grid_size**2 "
+                    f"({self.grid_size**2}) in grid mode"
+                )
+        if self.mhc_init not in MHC_INITS:
+            raise ValueError(f"mhc_init must be one of {list(MHC_INITS)}, got {self.mhc_init!r}")
+        if self.stream_collapse not in STREAM_COLLAPSES:
+            raise ValueError(f"stream_collapse must be one of {list(STREAM_COLLAPSES)}, got {self.stream_collapse!r}")
+
+    @property
+    def streams(self) -> int:
+        """Residual streams actually carried: n_streams for hc/mhc, 1 otherwise."""
+        return self.n_streams if self.residual_mode in ("hc", "mhc") else 1
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads

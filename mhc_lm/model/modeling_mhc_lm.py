@@ -1,0 +1,356 @@
+"""mhc-lm: a Llama-style decoder whose residual connection is a swappable module.
+
+The block F is the same in every mode: pre-norm grouped-query attention with RoPE
+(Su et al., RoFormer) through `scaled_dot_product_attention`, then a pre-norm SwiGLU MLP
+(Shazeer, GLU variants). What carries the residual stream differs:
+
+    standard:  x + F(x)                               residual_standard.py
+    hc:        n streams, learned width/depth mixing  residual_hc.py      (arXiv 2409.19606)
+    mhc:       n streams, doubly stochastic H_res     residual_mhc.py     (arXiv 2512.24880)
+    grid:      R x R bifurcation-merge of blocks      residual_grid.py    (Park & Han)
+
+Streams are expanded once after the embedding (n copies) and collapsed once (mean) before
+the final norm. Init (documented in `_init_weights`): N(0, initializer_range) for weights,
+output projections (o_proj, down_proj) scaled by 1/sqrt(2 * num_hidden_layers) (GPT-2 /
+OLMo depth scaling), norms at 1, mixing parameters as their mode's paper prescribes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+
+from .configuration_mhc_lm import MhcLmConfig
+from .residual_grid import grid_forward
+from .residual_hc import HyperConnection
+from .residual_mhc import ManifoldHyperConnection
+from .residual_standard import StandardResidual
+from .stream_ops import rms_norm
+
+RESIDUAL_CLASSES = {
+    "standard": StandardResidual,
+    "grid": StandardResidual,  # grid nodes are ordinary residual blocks; the topology lives in the model
+    "hc": HyperConnection,
+    "mhc": ManifoldHyperConnection,
+}
+
+
+class MhcLmRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """RoPE tables (B, T, head_dim) computed on the fly: no buffer to lose on meta-device loading."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    freqs = position_ids.float().unsqueeze(-1) * inv_freq  # (B, T, head_dim / 2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D); cos/sin (B, T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+
+
+class MhcLmAttention(nn.Module):
+    """Causal grouped-query attention (Ainslie et al., GQA) with RoPE and an optional KV cache."""
+
+    def __init__(self, config: MhcLmConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.resolved_head_dim
+        self.dropout = config.attention_dropout
+        C = config.hidden_size
+        self.q_proj = nn.Linear(C, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(C, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(C, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, C, bias=False)
+        self.o_proj.depth_scaled = True
+
+    def forward(self, x, position_embeddings, attention_mask=None, past_key_values: Cache | None = None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        cos, sin = position_embeddings
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nkv, S, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attention_mask,
+            is_causal=attention_mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )  # (B, nh, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+
+class MhcLmMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: MhcLmConfig):
+        super().__init__()
+        C, H = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(C, H, bias=False)
+        self.up_proj = nn.Linear(C, H, bias=False)
+        self.down_proj = nn.Linear(H, C, bias=False)
+        self.down_proj.depth_scaled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MhcLmDecoderLayer(GradientCheckpointingLayer):
+    """Block F (attention + MLP sub-layers, each pre-norm), each wrapped by the residual mode."""
+
+    def __init__(self, config: MhcLmConfig, layer_idx: int):
+        super().__init__()
+        residual_cls = RESIDUAL_CLASSES[config.residual_mode]
+        self.self_attn = MhcLmAttention(config, layer_idx)
+        self.mlp = MhcLmMLP(config)
+        self.input_layernorm = MhcLmRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = MhcLmRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn_mixing = residual_cls(config, sublayer_idx=2 * layer_idx)
+        self.mlp_mixing = residual_cls(config, sublayer_idx=2 * layer_idx + 1)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+        # hidden_states: (B, T, C) for standard/grid, (B, T, n, C) for hc/mhc
+        attend = lambda h: self.self_attn(self.input_layernorm(h), position_embeddings, attention_mask, past_key_values)  # noqa: E731
+        hidden_states = self.attn_mixing(hidden_states, attend)
+        hidden_states = self.mlp_mixing(hidden_states, lambda h: self.mlp(self.post_attention_layernorm(h)))
+        return hidden_states
+
+
+class MhcLmPreTrainedModel(PreTrainedModel):
+    config_class = MhcLmConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MhcLmDecoderLayer"]
+    _supports_sdpa = True
+    _keep_in_fp32_modules = ["attn_mixing", "mlp_mixing"]  # mHC/HC coefficient path stays fp32
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            scale = 1.0 / math.sqrt(2 * self.config.num_hidden_layers) if getattr(module, "depth_scaled", False) else 1.0
+            init.normal_(module.weight, mean=0.0, std=std * scale)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, MhcLmRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, HyperConnection):
+            for name, value in module.reset_static().items():
+                init.copy_(getattr(module, name), value)
+        elif isinstance(module, ManifoldHyperConnection):
+            init.normal_(module.phi, mean=0.0, std=module.phi_std)
+            init.constant_(module.alpha, module.gate_init)
+            init.copy_(module.bias, module.init_bias())
+
+
+def build_attention_mask(attention_mask, batch: int, q_len: int, past_len: int, device) -> torch.Tensor | None:
+    """Boolean (B, 1, T, S) mask (True = attend), or None when SDPA's is_causal suffices.
+
+    Padding keys are masked; each query may always attend to itself so that rows of padded
+    positions are never fully masked (which would give NaN).
+    """
+    if attention_mask is None and past_len == 0:
+        return None
+    kv_len = past_len + q_len
+    q_pos = torch.arange(past_len, kv_len, device=device).unsqueeze(-1)  # (T, 1)
+    k_pos = torch.arange(kv_len, device=device).unsqueeze(0)  # (1, S)
+    mask = (k_pos <= q_pos).expand(batch, 1, q_len, kv_len)  # (B, 1, T, S)
+    if attention_mask is not None:
+        keys = attention_mask[:, -kv_len:].bool().view(batch, 1, 1, kv_len)
+        mask = (mask & keys) | (k_pos == q_pos)
+    return mask
+
+
+class MhcLmModel(MhcLmPreTrainedModel):
+    def __init__(self, config: MhcLmConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(MhcLmDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = MhcLmRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def mixing_modules(self) -> list[nn.Module]:
+        """HC/mHC residual connections in forward order (two per layer); empty otherwise."""
+        return [m for layer in self.layers for m in (layer.attn_mixing, layer.mlp_mixing)
+                if isinstance(m, (HyperConnection, ManifoldHyperConnection))]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if not use_cache:
+            past_key_values = None
+        B, T, _ = inputs_embeds.shape
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + T, device=inputs_embeds.device).unsqueeze(0).expand(B, T)
+        position_embeddings = rotary_cos_sin(position_ids, self.config.resolved_head_dim, self.config.rope_theta, inputs_embeds.dtype)
+        mask = build_attention_mask(attention_mask, B, T, past_len, inputs_embeds.device)
+
+        def run_layer(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            return layer(h, position_embeddings, attention_mask=mask, past_key_values=past_key_values)
+
+        n = self.config.streams
+        if self.config.residual_mode in ("hc", "mhc"):
+            hidden = inputs_embeds.unsqueeze(2).expand(B, T, n, inputs_embeds.shape[-1]).contiguous()  # (B, T, n, C)
+        else:
+            hidden = inputs_embeds  # (B, T, C)
+        if self.config.residual_mode == "grid":
+            hidden = grid_forward(self.layers, hidden, self.config.grid_size, run_layer)
+        else:
+            for layer in self.layers:
+                hidden = run_layer(layer, hidden)
+        if hidden.dim() == 4:
+            hidden = hidden.mean(dim=2)  # collapse streams: (B, T, n, C) -> (B, T, C)
+        hidden = self.norm(hidden)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values)
+
+
+class MhcLmForCausalLM(MhcLmPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MhcLmConfig):
+        super().__init__(config)
+        self.model = MhcLmModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        shift_labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """`labels`: HF convention (shifted inside); `shift_labels`: targets already aligned with logits."""
+        outputs = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None or shift_labels is not None:
+            loss = self.loss_function(logits, labels, self.config.vocab_size, shift_labels=shift_labels,
+                                      num_items_in_batch=kwargs.get("num_items_in_batch"))
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+
+class MhcLmForSequenceClassification(MhcLmPreTrainedModel):
+    """Classification / regression head on the last non-pad token (num_labels == 1: regression)."""
+
+    def __init__(self, config: MhcLmConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = MhcLmModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        outputs = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
+        logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
+        B, T = logits.shape[:2]
+        if attention_mask is not None:
+            valid = attention_mask[:, -T:].bool()
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            valid = input_ids != self.config.pad_token_id
+        else:
+            valid = torch.ones(B, T, dtype=torch.bool, device=logits.device)
+        positions = torch.arange(T, device=logits.device)
+        last = (positions * valid).argmax(dim=-1)  # rightmost non-pad token (left or right padding)
+        pooled = logits[torch.arange(B, device=logits.device), last]  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=outputs.past_key_values)
+
+
+def register_auto_classes() -> None:
+    """Make save_pretrained write an auto_map for every Auto class (remote code)."""
+    MhcLmConfig.register_for_auto_class()
+    MhcLmModel.register_for_auto_class("AutoModel")
+    MhcLmForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    MhcLmForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+
+register_auto_classes()

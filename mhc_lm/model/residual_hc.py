@@ -1,0 +1,96 @@
+"""Hyper-Connections (Zhu et al., "Hyper-Connections", arXiv 2409.19606, ICLR 2025).
+
+n parallel residual streams H (n x C per token). Per sub-layer, with H_bar = RMSNorm(H) per stream:
+
+    H ─┬─ A_m^T H ──► h ─► norm ─► F ─► f ─┐
+       │                                    ▼
+       └──────── A_r^T H ─────────────► (+ B^T f) ──► H'
+
+    width connection  h  = A_m^T H                 (A_m in R^{n x 1})
+    depth connection  H' = B^T F(h) + A_r^T H      (B in R^{1 x n}, A_r in R^{n x n})
+    dynamic (DHC)     A_m += s_a * tanh(H_bar W_m);  A_r += s_a * tanh(H_bar W_r);  B += s_b * tanh(H_bar W_b)^T
+
+Init reproduces Pre-Norm exactly (paper section 3.3): A_m = e_(k mod n) for sub-layer k, A_r = I,
+B = 1, W_* = 0, so streams that start as identical copies stay identical and equal to the
+pre-norm residual. A_r is unconstrained, which is what the mHC paper identifies as the source
+of instability at scale. Matrices use the [old stream i, new stream j] convention of
+`stream_ops.post_res_reference`: H'[j] = sum_i A_r[i, j] H[i] + B[j] f.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .stream_ops import dispatch, rms_norm
+
+
+class HyperConnection(nn.Module):
+    """One HC residual connection around a sub-layer; x is (B, T, n, C)."""
+
+    def __init__(self, config, sublayer_idx: int):
+        super().__init__()
+        n, C = config.n_streams, config.hidden_size
+        self.n_streams = n
+        self.sublayer_idx = sublayer_idx
+        self.dynamic = config.hc_dynamic
+        self.eps = config.rms_norm_eps
+        self.fused = config.fused_kernels
+        self.init_scale = 0.01
+        self.static_alpha_m = nn.Parameter(torch.zeros(n))  # A_m, init e_(k mod n)
+        self.static_alpha_r = nn.Parameter(torch.zeros(n, n))  # A_r [i, j], init I
+        self.static_beta = nn.Parameter(torch.zeros(n))  # B, init 1
+        if self.dynamic:
+            self.norm_weight = nn.Parameter(torch.ones(C))
+            self.dynamic_proj = nn.Parameter(torch.zeros(C, n + 2))  # [W_m | W_r | W_b], zero init
+            self.dynamic_alpha_scale = nn.Parameter(torch.zeros(()))  # s_a
+            self.dynamic_beta_scale = nn.Parameter(torch.zeros(()))  # s_b
+        self.record_mixing = False
+        self.last_mixing: torch.Tensor | None = None
+
+    def reset_static(self) -> dict[str, torch.Tensor]:
+        """Init values (Pre-Norm equivalent), keyed by parameter name."""
+        n = self.n_streams
+        values = {
+            "static_alpha_m": torch.nn.functional.one_hot(torch.tensor(self.sublayer_idx % n), n).float(),
+            "static_alpha_r": torch.eye(n),
+            "static_beta": torch.ones(n),
+        }
+        if self.dynamic:
+            values.update(
+                norm_weight=torch.ones(self.norm_weight.shape),
+                dynamic_proj=torch.zeros(self.dynamic_proj.shape),
+                dynamic_alpha_scale=torch.full((), self.init_scale),
+                dynamic_beta_scale=torch.full((), self.init_scale),
+            )
+        return values
+
+    def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j], B (N, n), all fp32."""
+        N, n = x.shape[0], self.n_streams
+        a_m = self.static_alpha_m.float().expand(N, n)
+        a_r = self.static_alpha_r.float().expand(N, n, n)
+        b = self.static_beta.float().expand(N, n)
+        if self.dynamic:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                h_bar = rms_norm(x.float(), self.norm_weight, self.eps)  # (N, n, C)
+                d = torch.tanh(h_bar @ self.dynamic_proj.float())  # (N, n, n + 2): row i from stream i
+                a_m = a_m + self.dynamic_alpha_scale.float() * d[..., 0]
+                a_r = a_r + self.dynamic_alpha_scale.float() * d[..., 1 : n + 1]
+                b = b + self.dynamic_beta_scale.float() * d[..., n + 1]
+        return a_m, a_r, b
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        B, T, n, C = x.shape
+        xs = x.reshape(B * T, n, C)  # (N, n, C)
+        a_m, a_r, b = self.coefficients(xs)
+        if self.record_mixing:
+            self.last_mixing = a_r.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
+        pre_mix = dispatch("pre_mix", self.fused, x.device)
+        post_res = dispatch("post_res", self.fused, x.device)
+        h = pre_mix(xs, a_m).view(B, T, C)  # width connection
+        f = sublayer(h)  # (B, T, C)
+        return post_res(xs, f.reshape(B * T, C), a_r, b).view(B, T, n, C)  # depth connection

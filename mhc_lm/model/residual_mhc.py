@@ -1,0 +1,81 @@
+"""Manifold-Constrained Hyper-Connections (DeepSeek-AI, "mHC", arXiv 2512.24880, eq. 3-9).
+
+    x_l (n x C) ─┬─ flatten ─► RMSNorm ─► v ─┬─ a_pre  v phi_pre  + b_pre  ─ sigmoid   ─► H_pre
+                 │                            ├─ a_post v phi_post + b_post ─ 2*sigmoid ─► H_post
+                 │                            └─ a_res  v phi_res  + b_res  ─ Sinkhorn  ─► H_res
+                 ├─ H_pre x_l ─► norm ─► F ─► f
+                 └─ H_res x_l  +  H_post^T f ─────────────────────────────────────────► x_{l+1}
+
+    x_{l+1} = H_res x_l + H_post^T F(H_pre x_l)
+
+H_res is doubly stochastic (Sinkhorn-Knopp, `sinkhorn_iters` iterations), so every new stream
+is a convex combination of the old ones: new j = sum_i H_res[i, j] x_l[i] (the last Sinkhorn
+normalisation is over i). Products of doubly stochastic matrices stay doubly stochastic, which
+bounds the composite gain over depth (the paper's fix for HC's instability).
+
+Init ("uniform", default, as Megatron-LM and the DeepSeek-V4 port): b = 0, gates a = 0.01,
+phi ~ N(0, 0.02): H_pre ~ 0.5, H_post ~ 1, H_res ~ 1/n. Streams start as identical copies of
+the embedding, which any doubly stochastic H_res maps to themselves, so the network is a
+Pre-Norm Transformer at init. "identity": b_res = 6I - 3, b_pre = +3 on the home stream
+(k mod n) and -3 elsewhere; neither saturates any sigmoid or the Sinkhorn.
+All coefficients (a, b, H, Sinkhorn) are fp32 regardless of autocast.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .sinkhorn import sinkhorn
+from .stream_ops import dispatch
+
+
+class ManifoldHyperConnection(nn.Module):
+    """One mHC residual connection around a sub-layer; x is (B, T, n, C)."""
+
+    def __init__(self, config, sublayer_idx: int):
+        super().__init__()
+        n, C = config.n_streams, config.hidden_size
+        self.n_streams = n
+        self.sublayer_idx = sublayer_idx
+        self.sinkhorn_iters = config.sinkhorn_iters
+        self.eps = config.rms_norm_eps
+        self.fused = config.fused_kernels
+        self.init = config.mhc_init
+        self.gate_init = config.mhc_gate_init
+        self.phi_std = config.initializer_range
+        self.phi = nn.Parameter(torch.zeros(n * C, 2 * n + n * n))  # [phi_pre | phi_post | phi_res]
+        self.alpha = nn.Parameter(torch.zeros(3))  # gates (a_pre, a_post, a_res)
+        self.bias = nn.Parameter(torch.zeros(2 * n + n * n))  # [b_pre | b_post | b_res row-major]
+        self.record_mixing = False
+        self.last_mixing: torch.Tensor | None = None
+
+    def init_bias(self) -> torch.Tensor:
+        n = self.n_streams
+        b_pre, b_post, b_res = torch.zeros(n), torch.zeros(n), torch.zeros(n, n)
+        if self.init == "identity":
+            b_pre = torch.full((n,), -3.0)
+            b_pre[self.sublayer_idx % n] = 3.0
+            b_res = 6.0 * torch.eye(n) - 3.0
+        return torch.cat([b_pre, b_post, b_res.flatten()])
+
+    def coefficients(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """xs (N, n, C) -> H_pre (N, n), H_post (N, n), H_res (N, n, n) [old i, new j], fp32."""
+        N, n, C = xs.shape
+        project = dispatch("mhc_coefficients", self.fused, xs.device)
+        h_pre, h_post, logits = project(xs.reshape(N, n * C), self.phi, self.alpha, self.bias, n, self.eps)
+        h_res = sinkhorn(logits, self.sinkhorn_iters, fused=self.fused)
+        return h_pre, h_post, h_res
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        B, T, n, C = x.shape
+        xs = x.reshape(B * T, n, C)  # (N, n, C)
+        h_pre, h_post, h_res = self.coefficients(xs)
+        if self.record_mixing:
+            self.last_mixing = h_res.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
+        pre_mix = dispatch("pre_mix", self.fused, x.device)
+        post_res = dispatch("post_res", self.fused, x.device)
+        f = sublayer(pre_mix(xs, h_pre).view(B, T, C))  # F(H_pre x_l), (B, T, C)
+        return post_res(xs, f.reshape(B * T, C), h_res, h_post).view(B, T, n, C)  # H_res x_l + H_post^T f

@@ -1,0 +1,25 @@
+"""Standard pre-norm residual (Llama): x_{l+1} = x_l + F_l(x_l).
+
+    x ──┬──────────────► (+) ──► x_{l+1}
+        └─► norm ─► F ───┘
+
+`F` (the sub-layer passed in) already contains its pre-norm.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class StandardResidual(nn.Module):
+    """x (B, T, C) -> x + sublayer(x). Holds no parameters."""
+
+    def __init__(self, config, sublayer_idx: int):
+        super().__init__()
+        self.sublayer_idx = sublayer_idx
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return x + sublayer(x)
