@@ -7,6 +7,12 @@ from transformers import PreTrainedConfig
 RESIDUAL_MODES = ("standard", "hc", "mhc", "grid")
 MHC_INITS = ("uniform", "identity")
 STREAM_COLLAPSES = ("mean",)
+AUTO_MAP = {
+    "AutoConfig": "configuration_mhc_lm.MhcLmConfig",
+    "AutoModel": "modeling_mhc_lm.MhcLmModel",
+    "AutoModelForCausalLM": "modeling_mhc_lm.MhcLmForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_mhc_lm.MhcLmForSequenceClassification",
+}
 
 
 class MhcLmConfig(PreTrainedConfig):
@@ -86,6 +92,9 @@ class MhcLmConfig(PreTrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self._validate_mhc_lm()
+        # save_pretrained only records the class being saved; map every Auto class so an
+        # exported folder loads with any of them (remote code, trust_remote_code=True).
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(**kwargs)
 
     def _validate_mhc_lm(self) -> None:

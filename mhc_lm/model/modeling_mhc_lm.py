@@ -151,7 +151,7 @@ class MhcLmPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MhcLmDecoderLayer"]
     _supports_sdpa = True
-    _keep_in_fp32_modules = ["attn_mixing", "mlp_mixing"]  # mHC/HC coefficient path stays fp32
+    _keep_in_fp32_modules_strict = ["attn_mixing", "mlp_mixing"]  # mHC/HC coefficient path stays fp32 (fp16 and bf16)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
