@@ -295,6 +295,8 @@ class MhcLmForCausalLM(MhcLmPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None or shift_labels is not None:
+            if shift_labels is not None:
+                shift_labels = shift_labels.contiguous()
             loss = self.loss_function(logits, labels, self.config.vocab_size, shift_labels=shift_labels,
                                       num_items_in_batch=kwargs.get("num_items_in_batch"))
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
