@@ -1,0 +1,47 @@
+"""Trainer callbacks: the hook through which stability probes plug into the loop.
+
+Metrics are callbacks (OLMo-core's `train/callbacks/` pattern): the trainer loop stays short and
+probes (loss/grad-norm spikes, Amax gain, vanished gradients) live in `mhc_lm.metrics`.
+Every hook is called on every rank (a probe may need a collective forward pass); only the main
+process writes the logs. `on_step_end` may add float entries to `logs` before they are written.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from mhc_lm.train.trainer import Trainer
+
+
+@runtime_checkable
+class Callback(Protocol):
+    def on_train_begin(self, trainer: "Trainer") -> None: ...
+
+    def on_step_end(self, trainer: "Trainer", step: int, logs: dict) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+class BaseCallback:
+    """No-op base: subclass and override only the hooks you need."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None:
+        pass
+
+    def on_step_end(self, trainer: "Trainer", step: int, logs: dict) -> None:
+        pass
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        pass
+
+
+def default_callbacks(config, trainer) -> list:
+    """The metrics engineer's `mhc_lm.metrics.build_callbacks(config, trainer)` when it exists."""
+    if not config.metrics.enabled:
+        return []
+    try:
+        from mhc_lm.metrics import build_callbacks
+    except ImportError:
+        return []
+    return list(build_callbacks(config, trainer))

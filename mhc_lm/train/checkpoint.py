@@ -1,0 +1,87 @@
+"""Atomic checkpoints: every rank writes into `step_XXXXXXX.tmp/`, the main process renames it
+to `step_XXXXXXX/` only once everything (Accelerate state + `trainer_state.json`) is on disk.
+
+A checkpoint is complete iff its directory has no `.tmp` suffix and holds `trainer_state.json`,
+which is written last; a run killed while writing leaves only a `.tmp` directory, which resume
+ignores (and the next save removes). Contents:
+- `accelerator.save_state`: model (safetensors, or DeepSpeed/FSDP shards), optimizer,
+  the registered LR scheduler, RNG states of every process (python, numpy, torch, cuda);
+- `trainer_state.json`: step, tokens, world size and every rank's data-loader state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step_(\d{7,})$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and p.is_dir() and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = complete_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def read_state(ckpt: Path) -> dict:
+    path = Path(ckpt) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no {STATE_FILE}); "
+                                f"pick one listed by complete_checkpoints() or set checkpoint.resume=auto")
+    return json.loads(path.read_text())
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, loader_state, keep_last: int,
+                    _fault_hook=None) -> Path:
+    """Collective: call on every rank. Returns the final checkpoint directory."""
+    from accelerate.utils import gather_object
+
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    loader_states = gather_object([loader_state])  # one entry per rank, rank order
+    if _fault_hook is not None:
+        _fault_hook(tmp)  # tests: die here, mid-write
+    if accelerator.is_main_process:
+        payload = {**state, "step": step, "world_size": accelerator.num_processes, "loader_states": loader_states}
+        (tmp / (STATE_FILE + ".tmp")).write_text(json.dumps(payload))
+        (tmp / (STATE_FILE + ".tmp")).replace(tmp / STATE_FILE)
+        if final.exists():  # a complete checkpoint of the same step (resumed run): replace it
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, ckpt: Path) -> dict:
+    """Collective: restores Accelerate state; returns the trainer state (with `loader_states`)."""
+    state = read_state(ckpt)
+    if state["world_size"] != accelerator.num_processes:
+        raise RuntimeError(
+            f"{ckpt} was written by {state['world_size']} processes, this run has {accelerator.num_processes}: "
+            "exact data resume needs the same world size (or start a new run_dir / checkpoint.resume=none)")
+    accelerator.load_state(str(ckpt))
+    return state

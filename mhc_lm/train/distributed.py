@@ -1,0 +1,86 @@
+"""Everything the model must not know: the Accelerator (DDP / FSDP / DeepSpeed ZeRO from the
+`accelerate launch --config_file` in use), activation checkpointing and torch.compile.
+
+Following torchtitan's `parallelize.py`, these are applied to an already-built model from
+outside; `mhc_lm/model/` never imports torch.distributed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+from mhc_lm.train.config import RunConfig
+
+
+def launched_world_size() -> int:
+    """World size set by `accelerate launch` / torchrun (1 when run as a plain script)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def using_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step so that micro * world * accumulation == batch_size."""
+    per_step = cfg.train.micro_batch_size * world_size
+    if cfg.train.batch_size % per_step:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is not a multiple of train.micro_batch_size="
+            f"{cfg.train.micro_batch_size} x {world_size} processes; change one of them")
+    return cfg.train.batch_size // per_step
+
+
+def build_accelerator(cfg: RunConfig) -> Accelerator:
+    """Accelerator for this launch; gloo on CPU (see docs/training.md for the CPU caveats)."""
+    cpu = cfg.train.cpu or not torch.cuda.is_available()
+    backend = cfg.train.dist_backend or ("gloo" if cpu else "nccl")
+    accum = accumulation_steps(cfg, launched_world_size())
+    kwargs = dict(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=accum,
+        log_with=list(cfg.logging.trackers) or None,
+        project_dir=cfg.run_dir,
+    )
+    if launched_world_size() > 1 or using_deepspeed():  # a plain single process has no process group
+        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30))]
+    if cpu and not using_deepspeed():  # accelerate refuses cpu=True together with DeepSpeed
+        kwargs["cpu"] = True
+    accelerator = Accelerator(**kwargs)
+    if accelerator.num_processes != launched_world_size():
+        raise RuntimeError(f"Accelerate sees {accelerator.num_processes} processes but WORLD_SIZE="
+                           f"{launched_world_size()}; on CPU launch with --multi_gpu (see docs/training.md)")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator, cfg)
+    return accelerator
+
+
+def configure_deepspeed(accelerator: Accelerator, cfg: RunConfig) -> None:
+    """Fill the "auto" entries that Accelerate cannot infer without a prepared DataLoader."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    if ds.get("optimizer") or ds.get("scheduler"):
+        raise ValueError("the DeepSpeed JSON must not define optimizer/scheduler: the trainer owns them "
+                         "(AdamW without decay on mixing/norm/bias parameters, warmup + cosine/WSD)")
+    ds["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
+    ds["train_batch_size"] = cfg.train.batch_size
+    ds["gradient_accumulation_steps"] = accelerator.gradient_accumulation_steps
+    if ds.get("gradient_clipping", "auto") == "auto":
+        ds["gradient_clipping"] = cfg.train.grad_clip
+    ds.setdefault("zero_allow_untested_optimizer", True)
+
+
+def apply_activation_checkpointing(model) -> None:
+    """Recompute every decoder layer in backward (HF GradientCheckpointingLayer, non-reentrant)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def apply_compile(model) -> None:
+    """torch.compile each decoder layer in place (state-dict names unchanged, as torchtitan does)."""
+    for layer in model.model.layers:
+        layer.compile()

@@ -1,0 +1,90 @@
+"""Export a Hugging Face folder (weights, config, remote code, tokenizer) that
+`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads.
+
+Written to `<dir>.tmp` and renamed, so an interrupted export never leaves a half folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None = None) -> Path:
+    """save_pretrained of an (unwrapped) MhcLmForCausalLM + tokenizer, atomically."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if tokenizer is not None:  # the exported config carries the tokenizer's special ids
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(tokenizer, key, None)
+            if value is not None:
+                setattr(model.config, key, value)
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def export_from_trainer(trainer) -> Path | None:
+    """Collective (ZeRO-3 / FSDP gather the full state dict); the main process writes run_dir/hf."""
+    acc = trainer.accelerator
+    state_dict = acc.get_state_dict(trainer.model)
+    out = None
+    if acc.is_main_process:
+        out = save_hf_folder(trainer.unwrapped_model, Path(trainer.run_dir) / "hf",
+                             trainer.data.tokenizer, state_dict=state_dict)
+    acc.wait_for_everyone()
+    return out
+
+
+def load_checkpoint_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 state dict of a checkpoint written by `accelerator.save_state` (plain or DeepSpeed)."""
+    ckpt = Path(ckpt)
+    st = ckpt / "model.safetensors"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    pt = ckpt / "pytorch_model.bin"
+    if pt.is_file():
+        return torch.load(pt, map_location="cpu", weights_only=True)
+    if (ckpt / "pytorch_model").is_dir():  # DeepSpeed ZeRO shards (accelerate uses tag "pytorch_model")
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="pytorch_model")
+    raise FileNotFoundError(f"{ckpt}: no model.safetensors, pytorch_model.bin or DeepSpeed pytorch_model/ found")
+
+
+def export_run_dir(run_dir: Path, out_dir: Path | None = None, checkpoint: Path | None = None) -> Path:
+    """Rebuild the model of a run from config.yaml, load a checkpoint (default: latest), export."""
+    from mhc_lm.model import MhcLmForCausalLM
+    from mhc_lm.train.checkpoint import latest_checkpoint
+    from mhc_lm.train.config import build_model_config, load_run_config
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir / "config.yaml")
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}/checkpoints has no complete checkpoint to export")
+    model = MhcLmForCausalLM(build_model_config(cfg.model))
+    weights = load_checkpoint_weights(ckpt)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not model.config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"{ckpt}: weights do not match the model of {run_dir}/config.yaml: "
+                           f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    tokenizer = None
+    if (run_dir / "tokenizer").is_dir():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", trust_remote_code=True)
+    return save_hf_folder(model, Path(out_dir) if out_dir else run_dir / "hf", tokenizer)

@@ -1,0 +1,290 @@
+"""The pretraining loop: Accelerate (DDP / FSDP / DeepSpeed), gradient accumulation, clipping,
+AdamW + warmup/cosine or WSD, atomic checkpoints with exact resume, JSONL metrics, callbacks.
+
+    trainer = Trainer(load_run_config("configs/tiny_cpu.yaml"))
+    trainer.fit()
+
+One optimizer step consumes `train.batch_size` sequences: `micro_batch_size` per forward on each
+of `world_size` processes, `accumulation` times. Because the global batch is fixed by the config,
+1 process and N processes follow the same trajectory (up to float reduction order).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+from accelerate.utils import DistributedType, set_seed
+from tqdm.auto import tqdm
+
+from mhc_lm.train import checkpoint as ckpt_lib
+from mhc_lm.train.callbacks import default_callbacks
+from mhc_lm.train.config import RunConfig, build_model_config, resolved, save_config
+from mhc_lm.train.data import DataBundle, build_data
+from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
+from mhc_lm.train.optim import build_optimizer, build_scheduler
+from mhc_lm.train.run_log import MetricsWriter, default_peak_tflops, flops_per_token, memory_stats, write_meta
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN/Inf; no checkpoint was written after it."""
+
+
+class Trainer:
+    """Attributes used by callbacks: accelerator, model (prepared), unwrapped_model, config,
+    probe_batch, step, run_dir (see docs/CONTRACTS.md)."""
+
+    def __init__(self, config: RunConfig, data: DataBundle | None = None, callbacks=None, accelerator=None):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.accelerator = acc = accelerator or build_accelerator(config)
+        self.world_size = acc.num_processes
+        self.accumulation = acc.gradient_accumulation_steps
+        set_seed(config.train.seed)
+        self.data = data if data is not None else build_data(config, acc)
+
+        from mhc_lm.model import MhcLmForCausalLM
+
+        model_config = build_model_config(config.model)
+        self._check_model_vs_data(model_config)
+        model = MhcLmForCausalLM(model_config)  # same seed on every rank: same init
+        if config.train.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        if config.train.compile:
+            apply_compile(model)
+        optimizer = build_optimizer(model, config.optim, acc.device.type)
+        self.scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
+        # the scheduler stays out of prepare(): Accelerate would step it once per process
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(self.scheduler)
+        self.unwrapped_model = acc.unwrap_model(self.model)
+
+        self.step = 0
+        self.tokens = 0
+        self.tokens_per_step = config.train.batch_size * self.data.seq_len
+        self.flops_per_token = flops_per_token(model_config, self.data.seq_len)
+        self.peak_tflops = config.logging.peak_tflops or default_peak_tflops()
+        self.writer = MetricsWriter(self.run_dir / "metrics.jsonl", acc.is_main_process)
+        self.probe_batch = self._first_val_batch()
+        self.callbacks = list(callbacks or []) + default_callbacks(config, self)
+        self._stop_signal: int | None = None
+        self._last_saved_step = -1
+
+    # ---------------------------------------------------------------- setup helpers
+    def _check_model_vs_data(self, model_config) -> None:
+        d = self.data
+        if model_config.vocab_size < d.vocab_size:
+            raise ValueError(
+                f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer/data vocabulary "
+                f"({d.vocab_size}): set model.vocab_size={d.vocab_size} (or data.vocab_size to match the model)")
+        if model_config.max_position_embeddings < d.seq_len:
+            raise ValueError(f"data.seq_len={d.seq_len} exceeds model.max_position_embeddings="
+                             f"{model_config.max_position_embeddings}")
+        tok = d.tokenizer
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if tok is not None and getattr(self.config.model, key) is None and getattr(tok, key, None) is not None:
+                setattr(model_config, key, getattr(tok, key))
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
+
+    def _first_val_batch(self) -> dict | None:
+        if self.data.make_val_loader is None:
+            return None
+        return self._to_device(next(iter(self.data.make_val_loader())))
+
+    def _prepare_run_dir(self) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(resolved(self.config, self.unwrapped_model.config), self.run_dir / "config.yaml")
+            write_meta(self.run_dir / "meta.json", {
+                "world_size": self.world_size, "accumulation": self.accumulation,
+                "distributed_type": str(acc.distributed_type), "mixed_precision": acc.mixed_precision,
+                "num_parameters": sum(p.numel() for p in self.unwrapped_model.parameters()),
+                "data_dir": str(self.data.prepared_dir) if self.data.prepared_dir else None,
+            })
+            if self.data.tokenizer is not None and not (self.run_dir / "tokenizer").is_dir():
+                self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
+        acc.wait_for_everyone()
+        if self.config.logging.trackers:
+            from mhc_lm.config_utils import to_dict
+
+            flat = _flatten(to_dict(self.config))
+            acc.init_trackers(self.config.logging.project, config=flat)
+
+    def _resume(self) -> None:
+        choice = self.config.checkpoint.resume
+        if choice == "none":
+            return
+        path = ckpt_lib.latest_checkpoint(self.run_dir) if choice == "auto" else Path(choice)
+        if path is None:
+            return
+        state = ckpt_lib.load_checkpoint(self.accelerator, path)
+        self.step, self.tokens = state["step"], state["tokens"]
+        self._last_saved_step = self.step
+        loader_state = state["loader_states"][self.accelerator.process_index]
+        if loader_state is not None and hasattr(self.data.train_loader, "load_state_dict"):
+            self.data.train_loader.load_state_dict(loader_state)
+        if self.accelerator.is_main_process:
+            self.writer.truncate_after(self.step)
+            print(f"[mhc-lm] resumed from {path} at step {self.step}", flush=True)
+
+    # ---------------------------------------------------------------- signals
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.accelerator.device)
+        if self.world_size > 1:  # a signal may reach only some ranks: all must agree to stop
+            flag = self.accelerator.reduce(flag, "max")
+        return bool(flag.item() > 0)
+
+    # ---------------------------------------------------------------- checkpoint / eval
+    def save_checkpoint(self, _fault_hook=None) -> Path:
+        loader = self.data.train_loader
+        loader_state = loader.state_dict() if hasattr(loader, "state_dict") else None
+        path = ckpt_lib.save_checkpoint(self.accelerator, self.run_dir, self.step, {"tokens": self.tokens},
+                                        loader_state, self.config.checkpoint.keep_last, _fault_hook=_fault_hook)
+        self._last_saved_step = self.step
+        return path
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.data.make_val_loader is None:
+            return None
+        self.model.eval()
+        total = torch.zeros((), device=self.accelerator.device)
+        it = iter(self.data.make_val_loader())
+        for _ in range(self.config.train.eval_batches):
+            batch = self._to_device(next(it))
+            total += self.model(input_ids=batch["input_ids"], shift_labels=batch["labels"]).loss.float()
+        self.model.train()
+        return self.accelerator.reduce(total / self.config.train.eval_batches, "mean").item()
+
+    # ---------------------------------------------------------------- the loop
+    def train_step(self, batches) -> tuple[float, float]:
+        """One optimizer step over `accumulation` micro-batches; returns (mean loss, grad norm)."""
+        acc, cfg = self.accelerator, self.config.train
+        loss_sum = torch.zeros((), device=acc.device)
+        grad_norm = None
+        for _ in range(self.accumulation):
+            batch = self._to_device(next(batches))
+            with acc.accumulate(self.model):
+                loss = self.model(input_ids=batch["input_ids"], shift_labels=batch["labels"]).loss
+                acc.backward(loss)
+                loss_sum += loss.detach().float()
+                if acc.sync_gradients:
+                    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+                    mean_loss = acc.reduce(loss_sum / self.accumulation, "mean").item()
+                    gn = float(grad_norm) if grad_norm is not None else float("nan")
+                    if not math.isfinite(mean_loss) or (acc.distributed_type != DistributedType.DEEPSPEED
+                                                        and not math.isfinite(gn)):
+                        self._diverged(mean_loss, gn)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return mean_loss, gn
+
+    def _diverged(self, loss: float, grad_norm: float):
+        last = ckpt_lib.latest_checkpoint(self.run_dir)
+        msg = (f"non-finite loss/grad norm at step {self.step + 1} (loss={loss}, grad_norm={grad_norm}); "
+               f"stopping without saving. Last good checkpoint: {last or 'none'}. "
+               "Try a lower optim.lr, more optim.warmup_steps, or train.grad_clip; resume restarts from it.")
+        if self.accelerator.is_main_process:
+            (self.run_dir / "DIVERGED").write_text(msg + "\n")
+        raise TrainingDiverged(msg)
+
+    def fit(self) -> str:
+        """Train to max_steps (or until SIGTERM/SIGINT). Returns "completed" or "interrupted"."""
+        acc, cfg = self.accelerator, self.config
+        self._prepare_run_dir()
+        self._resume()
+        previous = self._install_signal_handlers()
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        self.model.train()
+        batches = iter(self.data.train_loader)
+        bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=f"train {self.unwrapped_model.config.residual_mode}",
+                   disable=not (acc.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
+        status = "completed"
+        try:
+            while self.step < cfg.train.max_steps:
+                t0 = time.perf_counter()
+                lr = self.scheduler.get_last_lr()[0]
+                loss, grad_norm = self.train_step(batches)
+                dt = time.perf_counter() - t0
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                logs = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                        "tokens_per_s": self.tokens_per_step / dt, "tokens": self.tokens, "step_time_s": dt}
+                if self.peak_tflops:
+                    logs["mfu"] = self.flops_per_token * logs["tokens_per_s"] / (self.peak_tflops * 1e12 * self.world_size)
+                logs.update(memory_stats(acc.device))
+                for cb in self.callbacks:
+                    cb.on_step_end(self, self.step, logs)
+                if self.step % cfg.logging.log_every == 0 or self.step == cfg.train.max_steps:
+                    self._log(logs)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
+                    self._log_val()
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.save_checkpoint()
+                if self._stop_requested():
+                    status = "interrupted"
+                    if self._last_saved_step != self.step:
+                        self.save_checkpoint()
+                    if acc.is_main_process:
+                        print(f"\n[mhc-lm] stopped by signal at step {self.step}; checkpoint saved, "
+                              "rerun the same command to resume", flush=True)
+                    break
+            if status == "completed":
+                self._log_val()
+                if cfg.checkpoint.save_at_end and self._last_saved_step != self.step:
+                    self.save_checkpoint()
+                for cb in self.callbacks:
+                    cb.on_train_end(self)
+                if cfg.train.export_hf:
+                    from mhc_lm.train.export import export_from_trainer
+
+                    export_from_trainer(self)
+        finally:
+            bar.close()
+            self.writer.close()
+            for s, h in previous.items():
+                signal.signal(s, h)
+            if cfg.logging.trackers:
+                acc.end_training()
+        return status
+
+    def _log(self, logs: dict) -> None:
+        self.writer.write(logs)
+        if self.config.logging.trackers:
+            self.accelerator.log({k: v for k, v in logs.items() if k != "step"}, step=self.step)
+
+    def _log_val(self) -> None:
+        val = self.evaluate()
+        if val is not None:
+            self._log({"step": self.step, "val_loss": val})
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
