@@ -104,7 +104,7 @@ class TrainConfig:
     eval_every: int = 100
     """Steps between validation losses (0 = only at the end)."""
     eval_batches: int = 8
-    """Micro-batches per validation loss."""
+    """Micro-batches per validation loss, over all processes (each reads eval_batches / world size)."""
     export_hf: bool = True
     """Write run_dir/hf (save_pretrained + tokenizer) at the end of the run."""
     cpu: bool = False

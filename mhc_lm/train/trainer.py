@@ -166,11 +166,12 @@ class Trainer:
         self.model.eval()
         total = torch.zeros((), device=self.accelerator.device)
         it = iter(self.data.make_val_loader())
-        for _ in range(self.config.train.eval_batches):
+        per_rank = max(1, self.config.train.eval_batches // self.world_size)  # same windows for any world size
+        for _ in range(per_rank):
             batch = self._to_device(next(it))
             total += self.model(input_ids=batch["input_ids"], shift_labels=batch["labels"]).loss.float()
         self.model.train()
-        return self.accelerator.reduce(total / self.config.train.eval_batches, "mean").item()
+        return self.accelerator.reduce(total / per_rank, "mean").item()
 
     # ---------------------------------------------------------------- the loop
     def train_step(self, batches) -> tuple[float, float]:

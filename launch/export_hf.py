@@ -1,0 +1,34 @@
+"""Export a Hugging Face folder (weights, config, remote code, tokenizer) from a run directory.
+
+    python launch/export_hf.py runs/tiny                        # latest checkpoint -> runs/tiny/hf
+    python launch/export_hf.py runs/tiny --checkpoint runs/tiny/checkpoints/step_0000200 --out /tmp/m
+
+Then: AutoModelForCausalLM.from_pretrained("runs/tiny/hf", trust_remote_code=True).
+Works for plain and DeepSpeed ZeRO checkpoints (ZeRO shards are consolidated to fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: latest complete checkpoint")
+    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/hf")
+    args = parser.parse_args(argv)
+
+    from mhc_lm.train.export import export_run_dir
+
+    out = export_run_dir(args.run_dir, args.out, args.checkpoint)
+    print(f"exported {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Pretrain an mhc-lm model.
+
+    python launch/pretrain.py --config configs/tiny_cpu.yaml train.max_steps=200 model.residual_mode=hc
+    accelerate launch --config_file configs/accelerate/deepspeed_zero2_8gpu.yaml \\
+        launch/pretrain.py --config configs/mhc_1b.yaml
+    # two CPU processes (gloo): note --multi_gpu, `--cpu --num_processes 2` starts only one
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
+        --dynamo_backend no launch/pretrain.py --config configs/tiny_cpu.yaml
+
+Overrides are dotted `section.key=value` pairs (CLI > file > defaults). An existing run_dir is
+resumed from its latest complete checkpoint (checkpoint.resume=auto); SIGTERM/SIGINT write a
+checkpoint and stop. Exit codes: 0 completed or interrupted cleanly, 2 bad config, 3 diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
+
+from mhc_lm.config_utils import ConfigError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
+    parser.add_argument("--resume", default=None, help="checkpoint dir, 'auto' or 'none' (= checkpoint.resume)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+
+    from mhc_lm.train import Trainer, TrainingDiverged, load_run_config
+
+    try:
+        config = load_run_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        status = Trainer(config).fit()
+    except TrainingDiverged as err:
+        print(f"[mhc-lm] training diverged: {err}", file=sys.stderr)
+        return 3
+    print(f"[mhc-lm] {status}: {config.run_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
