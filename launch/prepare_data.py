@@ -24,9 +24,10 @@ def build_config(config_path: str | None, overrides: list[str]) -> DataConfig:
         section = {}
     tree = parse_overrides(overrides)
     data_over = tree.pop("data", {})
-    unknown_sections = [k for k, v in tree.items() if isinstance(v, dict)]
-    if unknown_sections:
-        raise ConfigError(f"prepare_data only takes data.* overrides; got sections {unknown_sections}")
+    other_sections = [k for k, v in tree.items() if isinstance(v, dict)]
+    for k in other_sections:  # e.g. train.max_steps=... shared with the training command
+        print(f"note: ignoring overrides of section {k!r} (prepare_data reads only `data`)", file=sys.stderr)
+        tree.pop(k)
     return from_dict(DataConfig, deep_merge(deep_merge(section, tree), data_over), prefix="data.")
 
 

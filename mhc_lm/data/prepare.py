@@ -1,0 +1,222 @@
+"""`prepare_data(cfg)`: documents -> tokenizer -> packed token shards, atomically.
+
+Everything is built in a hidden staging folder next to `out_dir` and renamed into place only
+when complete (meta.json written last), so an interrupted or failed run never leaves a
+folder that looks prepared. A complete folder whose fingerprint (the config keys that change
+the tokens + the input files' sizes and mtimes) matches is reused as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mhc_lm.config_utils import to_dict
+
+from .config import DataConfig
+from .shards import PackedTokens, ShardWriter, choose_dtype
+from .sources import (is_val_document, load_embedded, load_hub, load_local, resolve_files,
+                      source_description, split_indices)
+from .tokenizer import (DocumentEncoder, check_encoder_agreement, import_tokenizer, load_tokenizer,
+                        tokenizer_sha256, train_sentencepiece)
+
+FORMAT_VERSION = 1
+FINGERPRINT_KEYS = ("train_files", "val_files", "text_column", "val_fraction", "tokenizer", "vocab_size", "seed",
+                    "corpus", "txt_sample_by", "hub_split", "hub_config", "max_documents",
+                    "tokenizer_train_chars", "shard_tokens", "token_dtype")
+ROUND_TRIP_PROBE = "  Naïve café — “quotes”, 日本語, emoji 🙂\n\ttabs  and   spaces, digits 1790-2021 "
+
+
+def _fingerprint_inputs(cfg: DataConfig) -> dict:
+    inputs = {"format_version": FORMAT_VERSION, **{k: to_dict(getattr(cfg, k)) for k in FINGERPRINT_KEYS}}
+    inputs["sources"] = source_description(cfg)
+    if cfg.tokenizer and Path(cfg.tokenizer).is_dir():
+        inputs["tokenizer_sha256"] = tokenizer_sha256(Path(cfg.tokenizer))
+    return inputs
+
+
+def _reusable(out_dir: Path, inputs: dict, overwrite: bool) -> bool:
+    """True when out_dir already holds this exact, complete preparation; errors on a foreign folder."""
+    if not out_dir.exists():
+        return False
+    meta_path = out_dir / "meta.json"
+    fix = "Fix: choose another data.out_dir, or set data.overwrite=true to replace it."
+    if not meta_path.is_file():
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            return False
+        if overwrite:
+            return False
+        raise FileExistsError(f"{out_dir} exists and is not a prepared data folder (no meta.json). {fix}")
+    try:
+        old = json.loads(meta_path.read_text()).get("fingerprint_inputs", {})
+    except json.JSONDecodeError:
+        old = None
+    if old == json.loads(json.dumps(inputs)):
+        try:
+            for split in json.loads(meta_path.read_text())["splits"]:
+                PackedTokens(out_dir, split)  # validates shard sizes and tokenizer checksum
+            return True
+        except (ValueError, FileNotFoundError) as err:
+            if not overwrite:
+                raise ValueError(f"{out_dir} matches this config but is damaged: {err}") from err
+            return False
+    if overwrite:
+        return False
+    changed = sorted(k for k in set(inputs) | set(old or {}) if (old or {}).get(k) != json.loads(json.dumps(inputs)).get(k))
+    raise FileExistsError(f"{out_dir} holds data prepared with a different config or input (differs in: {changed}). {fix}")
+
+
+def _publish(staging: Path, out_dir: Path, inputs: dict) -> None:
+    """Rename the finished staging folder to out_dir (replacing an old one only after success)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        # Another process (e.g. a second rank) published the same preparation first.
+        if old is not None:
+            os.rename(old, out_dir)
+            old = None
+        if not _reusable(out_dir, inputs, overwrite=False):
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_splits(cfg: DataConfig, cache_dir: Path):
+    """-> (train, val, streamed): datasets with a `text` column; val may be None."""
+    if not cfg.train_files:
+        full = load_embedded(cfg.corpus)
+    else:
+        files, hub = resolve_files(cfg.train_files)
+        if hub:
+            return load_hub(hub, cfg), None, True
+        full = load_local(files, cfg, str(cache_dir))
+    if cfg.max_documents is not None and len(full) > cfg.max_documents:
+        full = full.select(range(cfg.max_documents))
+    if cfg.val_files:
+        val_files, _ = resolve_files(cfg.val_files, "data.val_files")
+        return full, load_local(val_files, cfg, str(cache_dir)), False
+    train_idx, val_idx = split_indices(len(full), cfg.val_fraction, cfg.seed)
+    val = full.select(val_idx) if len(val_idx) else None
+    return full.select(train_idx), val, False
+
+
+def _tokenizer_texts(train, cfg: DataConfig, streamed: bool):
+    """Train-split texts for tokenizer training, in seeded random document order (not for streams)."""
+    if streamed:
+        for i, row in enumerate(train):
+            if not is_val_document(i, cfg.val_fraction, cfg.seed):
+                yield row["text"]
+        return
+    for batch in train.shuffle(seed=cfg.seed).iter(batch_size=256):
+        yield from batch["text"]
+
+
+def _write_split(ds, name: str, encoder: DocumentEncoder, staging: Path, dtype: str, cfg: DataConfig,
+                 progress: bool) -> dict:
+    import pyarrow.compute as pc
+
+    num_proc = cfg.num_proc if cfg.num_proc > 1 and len(ds) >= 2 * cfg.num_proc else None
+    mapped = ds.map(encoder, batched=True, batch_size=128, num_proc=num_proc, remove_columns=ds.column_names,
+                    cache_file_name=str(staging / "cache" / f"{name}_tokens.arrow"), load_from_cache_file=False,
+                    desc=f"tokenizing {name}")
+    writer = ShardWriter(staging, name, dtype, cfg.shard_tokens)
+    for table in tqdm(mapped.with_format("arrow").iter(batch_size=4096), desc=f"writing {name} shards",
+                      disable=not progress, unit="batch"):
+        flat = pc.list_flatten(table.column("input_ids")).to_numpy()  # (tokens,) ids, EOS-terminated docs
+        writer.write(flat, documents=table.num_rows)
+    return writer.close()
+
+
+def _write_stream(stream, encoder: DocumentEncoder, staging: Path, dtype: str, cfg: DataConfig, progress: bool):
+    """One pass over a streamed dataset, sending each document to train or val by seeded hash."""
+    writers = {s: ShardWriter(staging, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
+    pending: dict[str, list[str]] = {"train": [], "val": []}
+
+    def flush(split):
+        if pending[split]:
+            ids = encoder({"text": pending[split]})["input_ids"]
+            writers[split].write(np.concatenate([np.asarray(d, dtype=np.int64) for d in ids]), documents=len(ids))
+            pending[split] = []
+
+    for i, row in enumerate(tqdm(stream, desc="tokenizing stream", disable=not progress, unit="doc")):
+        split = "val" if is_val_document(i, cfg.val_fraction, cfg.seed) else "train"
+        pending[split].append(row["text"])
+        if len(pending[split]) >= 256:
+            flush(split)
+    out = {}
+    for split in ("train", "val"):
+        flush(split)
+        out[split] = writers[split].close()
+    return out if out["val"]["documents"] else {"train": out["train"]}
+
+
+def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
+    """Prepare tokenizer + shards in `cfg.out_dir` (reused when complete and matching); returns it."""
+    out_dir = Path(cfg.out_dir).expanduser().absolute()
+    inputs = _fingerprint_inputs(cfg)
+    if _reusable(out_dir, inputs, cfg.overwrite):
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    t0 = time.time()
+    try:
+        (staging / "cache").mkdir()
+        train, val, streamed = _load_splits(cfg, staging / "cache")
+        tok_dir = staging / "tokenizer"
+        if cfg.tokenizer:
+            import_tokenizer(cfg.tokenizer, tok_dir)
+            tok_source = cfg.tokenizer
+        else:
+            train_sentencepiece(_tokenizer_texts(train, cfg, streamed), cfg.vocab_size, tok_dir,
+                                cfg.tokenizer_train_chars, cfg.seed)
+            probes = [ROUND_TRIP_PROBE] + (list(val.select(range(min(3, len(val))))["text"]) if val is not None else [])
+            check_encoder_agreement(tok_dir, probes)
+            tok_source = f"sentencepiece BPE (byte fallback), vocab_size={cfg.vocab_size}"
+        tok = load_tokenizer(tok_dir)
+        vocab_size = len(tok)
+        dtype = choose_dtype(vocab_size, cfg.token_dtype)
+        encoder = DocumentEncoder(tok_dir)
+        if streamed:
+            splits = _write_stream(train, encoder, staging, dtype, cfg, progress)
+        else:
+            splits = {"train": _write_split(train, "train", encoder, staging, dtype, cfg, progress)}
+            if val is not None:
+                splits["val"] = _write_split(val, "val", encoder, staging, dtype, cfg, progress)
+        if splits["train"]["tokens"] == 0:
+            raise ValueError(f"{inputs['sources']['train']}: the train split holds no tokens. Fix: check the input.")
+        shutil.rmtree(staging / "cache")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "vocab_size": vocab_size,
+            "dtype": dtype,
+            "tokenizer": {
+                "sha256": tokenizer_sha256(tok_dir), "source": tok_source, "vocab_size": vocab_size,
+                "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                "eos_token_id": tok.eos_token_id, "unk_token_id": tok.unk_token_id,
+            },
+            "splits": splits,
+            "sources": inputs["sources"],
+            "config": to_dict(cfg),
+            "fingerprint_inputs": inputs,
+            "seconds": round(time.time() - t0, 2),
+        }
+        tmp = staging / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, staging / "meta.json")
+        _publish(staging, out_dir, inputs)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
