@@ -1,0 +1,140 @@
+"""In-process runs of the tiny model: metrics contract, run dir, callbacks, crash during a
+checkpoint write, NaN stop, export."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mhc_lm.train import BaseCallback, Trainer, TrainingDiverged
+from mhc_lm.train import checkpoint as ckpt_lib
+from mhc_lm.train.run_log import read_metrics
+from tests.train.helpers import tiny_config, toy_data
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(cfg, callbacks=None):
+    trainer = Trainer(cfg, data=toy_data(cfg), callbacks=callbacks)
+    return trainer, trainer.fit()
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r]
+
+
+class Recorder(BaseCallback):
+    def __init__(self):
+        self.events = []
+
+    def on_train_begin(self, trainer):
+        assert trainer.probe_batch["input_ids"].shape == (2, 16)
+        self.events.append("begin")
+
+    def on_step_end(self, trainer, step, logs):
+        self.events.append(step)
+        logs["probe_value"] = float(step) / 2
+
+    def on_train_end(self, trainer):
+        self.events.append("end")
+
+
+def test_run_dir_metrics_and_callbacks(tmp_path):
+    cfg = tiny_config(tmp_path / "run", "mhc", train={"max_steps": 24, "eval_every": 12})
+    rec = Recorder()
+    trainer, status = run(cfg, [rec])
+    assert status == "completed" and trainer.step == 24
+    assert rec.events == ["begin", *range(1, 25), "end"]
+    run_dir = tmp_path / "run"
+    for name in ("config.yaml", "meta.json", "metrics.jsonl"):
+        assert (run_dir / name).is_file(), name
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 25))
+    for r in train:
+        assert {"loss", "lr", "grad_norm", "tokens_per_s", "tokens", "probe_value"} <= set(r)
+    assert train[-1]["tokens"] == 24 * 4 * 16
+    val = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in val] == [12, 24]
+    assert val[-1]["val_loss"] < val[0]["val_loss"] < 5.6, "the toy pattern is learnable"
+    assert [p.name for p in ckpt_lib.complete_checkpoints(run_dir)] == ["step_0000020", "step_0000024"]  # keep_last=2
+
+
+def test_crash_during_checkpoint_write_resumes_from_previous(tmp_path, monkeypatch):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    run(tiny_config(ref_dir, "hc"))
+
+    class Killed(BaseException):
+        pass
+
+    real_save = ckpt_lib.save_checkpoint
+
+    def dying_save(accelerator, rd, step, *args, **kwargs):
+        def hook(tmp):  # model/optimizer/RNG files are on disk, trainer_state.json is not
+            assert any(tmp.iterdir())
+            raise Killed
+        kwargs["_fault_hook"] = hook if step == 8 else None
+        return real_save(accelerator, rd, step, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_lib, "save_checkpoint", dying_save)
+    with pytest.raises(Killed):
+        run(tiny_config(run_dir, "hc"))
+    monkeypatch.setattr(ckpt_lib, "save_checkpoint", real_save)
+    assert (run_dir / "checkpoints" / "step_0000008.tmp").is_dir()
+    assert [p.name for p in ckpt_lib.complete_checkpoints(run_dir)] == ["step_0000004"]
+
+    trainer, status = run(tiny_config(run_dir, "hc"))  # checkpoint.resume=auto
+    assert status == "completed"
+    assert losses(run_dir) == losses(ref_dir), "resumed run equals the uninterrupted one bit for bit"
+    assert not (run_dir / "checkpoints" / "step_0000008.tmp").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path / "run", "standard", train={"max_steps": 8})
+
+    class Poison(BaseCallback):
+        def on_train_begin(self, trainer):
+            head = trainer.unwrapped_model.lm_head
+            head.register_forward_hook(lambda m, i, out: out * float("nan") if trainer.step >= 5 else out)
+
+    trainer = Trainer(cfg, data=toy_data(cfg), callbacks=[Poison()])
+    with pytest.raises(TrainingDiverged, match=r"step 6.*step_0000004"):
+        trainer.fit()
+    ckpts = ckpt_lib.complete_checkpoints(tmp_path / "run")
+    assert [p.name for p in ckpts] == ["step_0000004"]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ckpts[0] / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert "step 6" in (tmp_path / "run" / "DIVERGED").read_text()
+    assert max(s for s, _ in losses(tmp_path / "run")) == 5
+
+
+def test_vocab_smaller_than_data_is_a_clear_error(tmp_path):
+    cfg = tiny_config(tmp_path / "run", model={"vocab_size": 100})
+    with pytest.raises(ValueError, match=r"model.vocab_size=100 .* set model.vocab_size=256"):
+        Trainer(cfg, data=toy_data(cfg))
+
+
+def test_export_loads_with_auto_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mhc_lm.train.export import export_run_dir
+
+    cfg = tiny_config(tmp_path / "run", "mhc", train={"export_hf": True, "max_steps": 4})
+    trainer, _ = run(cfg)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trainer.unwrapped_model(ids).logits
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf", trust_remote_code=True)
+        torch.testing.assert_close(loaded(ids).logits, expected)
+        out = export_run_dir(tmp_path / "run", tmp_path / "hf2")  # launch/export_hf.py path
+        again = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+        torch.testing.assert_close(again(ids).logits, expected)
+    assert loaded.config.residual_mode == "mhc"
