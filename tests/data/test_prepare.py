@@ -1,0 +1,181 @@
+"""prepare_data: input formats, whole-document split, reuse, and every bad input failing cleanly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mhc_lm.data import PackedTokens, check_compatible, load_tokenizer, prepare_data, read_meta
+from mhc_lm.data import prepare as prepare_module
+from mhc_lm.data.shards import choose_dtype
+from mhc_lm.data.sources import split_indices
+
+from .conftest import small_config, synthetic_docs, write_txt
+
+
+def leftovers(folder):
+    """Anything prepare_data may leave in the parent of out_dir besides the inputs."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in ("txt", "in"))
+
+
+def test_validation_split_is_whole_documents_and_deterministic():
+    train, val = split_indices(100, 0.1, seed=4)
+    assert len(val) == 10 and len(train) == 90
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(100))
+    assert np.array_equal(val, split_indices(100, 0.1, seed=4)[1])
+    assert not np.array_equal(val, split_indices(100, 0.1, seed=5)[1])
+    assert len(split_indices(3, 0.01, seed=0)[1]) == 1  # at least one held-out document
+    with pytest.raises(ValueError, match="val_fraction=0"):
+        split_indices(1, 0.1, seed=0)
+
+
+def test_val_split_holds_exactly_the_held_out_documents(prepared, corpus_docs):
+    out_dir, cfg = prepared
+    tok = load_tokenizer(out_dir)
+    _, val_idx = split_indices(len(corpus_docs), cfg.val_fraction, cfg.seed)
+    val = PackedTokens(out_dir, "val")
+    text = tok.decode(val[0 : len(val)].tolist())
+    assert text == "".join(corpus_docs[i] + tok.eos_token for i in val_idx)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_tabular_formats_with_a_text_column(tmp_path, fmt):
+    import datasets
+
+    docs = synthetic_docs(24, seed=1)
+    (tmp_path / "in").mkdir()
+    table = datasets.Dataset.from_dict({"id": list(range(len(docs))), "body": docs})
+    path = tmp_path / "in" / f"corpus.{fmt}"
+    {"jsonl": table.to_json, "csv": table.to_csv, "parquet": table.to_parquet}[fmt](str(path))
+    cfg = small_config(tmp_path, train_files=[str(path)], text_column="body", val_fraction=0.0)
+    out_dir = prepare_data(cfg, progress=False)
+    tok = load_tokenizer(out_dir)
+    ds = PackedTokens(out_dir, "train")
+    assert ds.num_documents == len(docs)
+    assert tok.decode(ds[0 : len(ds)].tolist()) == "".join(d + tok.eos_token for d in docs)
+
+    bad = small_config(tmp_path, train_files=[str(path)], text_column="content", out_dir=str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match=r"no column 'content'.*data.text_column"):
+        prepare_data(bad, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_reuse_refuse_and_overwrite(tmp_path, corpus_docs):
+    write_txt(tmp_path / "txt", corpus_docs[:16])
+    cfg = small_config(tmp_path)
+    out_dir = prepare_data(cfg, progress=False)
+    stamp = (out_dir / "meta.json").stat().st_mtime_ns
+    assert prepare_data(cfg, progress=False) == out_dir
+    assert (out_dir / "meta.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    with pytest.raises(FileExistsError, match=r"vocab_size.*data.overwrite=true"):
+        prepare_data(small_config(tmp_path, vocab_size=420), progress=False)
+    assert (out_dir / "meta.json").stat().st_mtime_ns == stamp
+    prepare_data(small_config(tmp_path, vocab_size=420, overwrite=True), progress=False)
+    assert read_meta(out_dir)["vocab_size"] == 420
+    assert leftovers(tmp_path) == ["prepared"]
+
+
+@pytest.mark.parametrize("case", ["no_match", "empty_files", "unknown_format", "missing_path"])
+def test_bad_input_fails_before_writing_anything(tmp_path, case):
+    (tmp_path / "in").mkdir()
+    if case == "no_match":
+        files, match = [str(tmp_path / "in" / "*.txt")], "no file matches"
+    elif case == "empty_files":
+        for i in range(3):
+            (tmp_path / "in" / f"e{i}.txt").write_text("")
+        files, match = [str(tmp_path / "in" / "*.txt")], "no non-empty documents"
+    elif case == "unknown_format":
+        (tmp_path / "in" / "corpus.docx").write_text("text")
+        files, match = [str(tmp_path / "in" / "corpus.docx")], r"unknown format '.docx'"
+    else:
+        files, match = [str(tmp_path / "in" / "nope.txt")], "neither an existing file"
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        prepare_data(small_config(tmp_path, train_files=files), progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_interrupted_prepare_leaves_nothing_and_keeps_the_old_folder(tmp_path, corpus_docs, monkeypatch):
+    write_txt(tmp_path / "txt", corpus_docs[:16])
+    out_dir = prepare_data(small_config(tmp_path), progress=False)
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()}
+
+    real = prepare_module._write_split
+
+    def crash_on_val(ds, name, *args, **kwargs):
+        if name == "val":
+            raise KeyboardInterrupt("simulated interrupt")
+        return real(ds, name, *args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "_write_split", crash_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(small_config(tmp_path, vocab_size=420, overwrite=True), progress=False)
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()} == before
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(small_config(tmp_path, out_dir=str(tmp_path / "fresh")), progress=False)
+    assert leftovers(tmp_path) == ["prepared"]
+
+
+def test_damaged_shards_and_swapped_tokenizer_are_detected(prepared, tmp_path):
+    out_dir = tmp_path / "copy"
+    shutil.copytree(prepared[0], out_dir)
+    meta = read_meta(out_dir)
+    shard = out_dir / meta["splits"]["train"]["shards"][0]["file"]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-2])  # one uint16 token short
+    with pytest.raises(ValueError, match=r"train_00000.bin has \d+ bytes but meta.json records"):
+        PackedTokens(out_dir, "train")
+    with pytest.raises(ValueError, match="damaged"):
+        prepare_data(prepared[1].__class__(**{**prepared[1].__dict__, "out_dir": str(out_dir)}), progress=False)
+    shard.write_bytes(data)
+    PackedTokens(out_dir, "train")  # repaired
+    tok_json = out_dir / "tokenizer" / "tokenizer.json"
+    tok_json.write_text(tok_json.read_text().replace('"<unk>"', '"<UNK>"'))
+    with pytest.raises(ValueError, match="not the tokenizer the shards"):
+        PackedTokens(out_dir, "train")
+
+
+def test_check_compatible_names_the_fix(prepared):
+    out_dir, _ = prepared
+    ds = PackedTokens(out_dir, "train")
+    check_compatible(ds, model_vocab_size=ds.vocab_size)
+    check_compatible(out_dir, model_vocab_size=ds.vocab_size + 100, eos_token_id=2)
+    with pytest.raises(ValueError, match=rf"vocab_size >= {ds.vocab_size}"):
+        check_compatible(ds, model_vocab_size=ds.vocab_size - 1)
+    with pytest.raises(ValueError, match="eos_token_id=2"):
+        check_compatible(ds.meta, model_vocab_size=ds.vocab_size, eos_token_id=5)
+
+
+def _big_vocab_tokenizer(folder, size=70_000):
+    """An HF word-level tokenizer whose ids pass 65535: only uint32 shards can hold them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "</s>": 1, **{f"w{i}": i + 2 for i in range(size - 2)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>").save_pretrained(str(folder))
+    return folder
+
+
+def test_existing_tokenizer_and_dtype_limits(tmp_path):
+    assert choose_dtype(65536) == "uint16" and choose_dtype(65537) == "uint32"
+    tok_dir = _big_vocab_tokenizer(tmp_path / "bigtok")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("w1 w69997 w65536 w5")
+    (tmp_path / "in" / "b.txt").write_text("w70000 w3")  # w70000 is unknown -> <unk>
+    files = [str(tmp_path / "in" / "*.txt")]
+    with pytest.raises(ValueError, match=r"does not fit data.token_dtype=uint16.*uint32"):
+        prepare_data(small_config(tmp_path, train_files=files, tokenizer=str(tok_dir), token_dtype="uint16",
+                                  val_fraction=0.0), progress=False)
+    assert leftovers(tmp_path) == ["bigtok"]
+    out_dir = prepare_data(small_config(tmp_path, train_files=files, tokenizer=str(tok_dir), val_fraction=0.0),
+                           progress=False)
+    meta = read_meta(out_dir)
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_000
+    ds = PackedTokens(out_dir, "train")
+    assert ds[0 : len(ds)].tolist() == [3, 69999, 65538, 7, 1, 0, 5, 1]
+    with pytest.raises(ValueError, match="vocab_size >= 70000"):
+        check_compatible(ds, model_vocab_size=65536)
