@@ -6,17 +6,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import os  # noqa: E402
+import time  # noqa: E402
+
 import torch  # noqa: E402
 
-from mhc_lm.train import Trainer, load_run_config  # noqa: E402
+from mhc_lm.train import BaseCallback, Trainer, load_run_config  # noqa: E402
 from mhc_lm.train.distributed import build_accelerator  # noqa: E402
 from tests.train.helpers import toy_data  # noqa: E402
+
+
+class Sleep(BaseCallback):
+    """TOY_STEP_SLEEP seconds per step, so a test can signal the run mid-way."""
+
+    def on_step_end(self, trainer, step, logs):
+        time.sleep(float(os.environ.get("TOY_STEP_SLEEP", "0")))
+
 
 if __name__ == "__main__":
     torch.set_num_threads(1)  # same float reduction order in every process and in the reference
     config = load_run_config(sys.argv[1], sys.argv[2:])
     acc = build_accelerator(config)
-    trainer = Trainer(config, data=toy_data(config, acc.process_index, acc.num_processes), accelerator=acc)
+    trainer = Trainer(config, data=toy_data(config, acc.process_index, acc.num_processes), accelerator=acc,
+                      callbacks=[Sleep()])
     status = trainer.fit()
     if acc.is_main_process:
         print(f"STATUS {status} world_size={acc.num_processes} distributed_type={acc.distributed_type}", flush=True)
