@@ -192,16 +192,32 @@ class DocumentEncoder:
     def __setstate__(self, state):
         self.__dict__.update(state, _backend=None, _hf=None, _cache={})
 
+    def _encode_new_words(self, words: list[str]) -> list[list[int]]:
+        """Ids of each word; one tokenizer call on the joined words, split back by `word_ids`."""
+        enc = self._backend.encode("".join(words), add_special_tokens=False)
+        groups: list[list[int]] = [[] for _ in words]
+        try:
+            for token, word in zip(enc.ids, enc.word_ids):
+                groups[word].append(token)
+        except (IndexError, TypeError):
+            groups = []
+        if len(set(enc.word_ids)) != len(words) or not all(groups):  # unexpected split: one call per word
+            groups = [e.ids for e in self._backend.encode_batch(words, add_special_tokens=False)]
+        return groups
+
     def _encode_words(self, text: str) -> list[int]:
         parts = text.split(" ")
-        words = ([parts[0]] if parts[0] else []) + ["\u2581" + p for p in parts[1:]]  # Metaspace(split=True)
+        # Metaspace(split=True) units: only the first word can lack the "\u2581" prefix, and it stays
+        # first in `missing`, so joining the missing words re-splits into exactly these words.
+        words = ([parts[0]] if parts[0] else []) + ["\u2581" + p for p in parts[1:]]
         cache = self._cache
-        missing = list({w for w in words if w not in cache})
+        missing = [w for w in words if w not in cache]
         if missing:
             if len(cache) > 2_000_000:  # bound memory on huge corpora
                 cache.clear()
-            for word, enc in zip(missing, self._backend.encode_batch(missing, add_special_tokens=False)):
-                cache[word] = enc.ids
+                missing = words
+            missing = list(dict.fromkeys(missing))
+            cache.update(zip(missing, self._encode_new_words(missing)))
         return list(chain.from_iterable(map(cache.__getitem__, words)))
 
     def encode(self, texts: list[str]) -> list[list[int]]:
