@@ -179,3 +179,30 @@ def test_existing_tokenizer_and_dtype_limits(tmp_path):
     assert ds[0 : len(ds)].tolist() == [3, 69999, 65538, 7, 1, 0, 5, 1]
     with pytest.raises(ValueError, match="vocab_size >= 70000"):
         check_compatible(ds, model_vocab_size=65536)
+
+
+def test_streamed_hub_dataset_path_offline(tmp_path, corpus_docs, monkeypatch):
+    """A Hub name is streamed; here the stream is a local IterableDataset (no network in tests)."""
+    import datasets
+
+    from mhc_lm.data.sources import is_val_document
+
+    docs = corpus_docs[:30]
+    seen = {}
+
+    def fake_load_hub(name, cfg):
+        seen["name"] = name
+        return datasets.Dataset.from_dict({"text": docs}).to_iterable_dataset()
+
+    monkeypatch.setattr(prepare_module, "load_hub", fake_load_hub)
+    cfg = small_config(tmp_path, train_files=["someone/some-corpus"], val_fraction=0.2)
+    out_dir = prepare_data(cfg, progress=False)
+    assert seen["name"] == "someone/some-corpus"
+    assert read_meta(out_dir)["sources"]["train"]["hub"] == "someone/some-corpus"
+    tok = load_tokenizer(out_dir)
+    is_val = [is_val_document(i, 0.2, cfg.seed) for i in range(len(docs))]
+    assert 0 < sum(is_val) < len(docs)
+    for split, want in (("train", False), ("val", True)):
+        ds = PackedTokens(out_dir, split)
+        expected = "".join(d + tok.eos_token for d, v in zip(docs, is_val) if v == want)
+        assert tok.decode(ds[0 : len(ds)].tolist()) == expected
