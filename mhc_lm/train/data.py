@@ -48,6 +48,12 @@ def build_data(config, accelerator) -> DataBundle:
     def make_val_loader():
         return WindowLoader(val, seq_len, micro, rank=rank, world_size=world, seed=config.data.seed + 1)
 
+    if val is not None:
+        try:
+            make_val_loader()
+        except ValueError as err:  # validation split smaller than one global batch
+            if accelerator.is_main_process:
+                print(f"[mhc-lm] no validation loss: {err}", flush=True)
+            val = None
     vocab = max(int(train.vocab_size), len(tokenizer))
-    return DataBundle(loader, make_val_loader if val is not None and len(val) > seq_len else None,
-                      vocab, seq_len, tokenizer, out_dir)
+    return DataBundle(loader, make_val_loader if val is not None else None, vocab, seq_len, tokenizer, out_dir)

@@ -94,3 +94,13 @@ def test_resolved_config_round_trips(tmp_path):
     assert isinstance(again, RunConfig)
     assert build_model_config(again.model).to_dict() == build_model_config(cfg.model).to_dict()
     assert again.train == cfg.train and again.data == cfg.data
+
+
+def test_pretrain_cli_rejects_a_typo(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain", REPO / "launch" / "pretrain.py")
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    assert pretrain.main(["--config", str(REPO / "configs/tiny_cpu.yaml"), "optim.lr_max=1"]) == 2
+    assert "optim.lr_max" in capsys.readouterr().err

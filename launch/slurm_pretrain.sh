@@ -1,0 +1,40 @@
+#!/bin/bash
+# SLURM example: 2 nodes x 8 GPUs, DeepSpeed ZeRO-2, one `accelerate launch` per node.
+#   sbatch launch/slurm_pretrain.sh configs/mhc_1b.yaml [dotted overrides...]
+# Multi-node is configuration: the accelerate config names 2 machines x 8 processes, this
+# script fills in the rank of each node and the address of the first one.
+# SIGTERM before the time limit (--signal) makes the trainer checkpoint and stop; resubmitting
+# (or --requeue) resumes from the latest complete checkpoint (checkpoint.resume=auto).
+#SBATCH --job-name=mhc-lm
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1          # one launcher per node; it starts 8 processes
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=48:00:00
+#SBATCH --signal=B:TERM@300          # SIGTERM to the batch shell 5 minutes before the limit
+#SBATCH --requeue
+#SBATCH --output=logs/%x-%j.out
+
+set -euo pipefail
+CONFIG=${1:?usage: sbatch launch/slurm_pretrain.sh CONFIG.yaml [overrides...]}
+shift
+ACCEL_CONFIG=${ACCEL_CONFIG:-configs/accelerate/deepspeed_zero2_2x8gpu.yaml}
+MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MAIN_PORT=${MAIN_PORT:-29500}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+cd "${SLURM_SUBMIT_DIR:-.}"               # the repo root: config paths are relative to it
+mkdir -p logs
+# source .venv/bin/activate              # your environment here
+
+# srun starts one launcher per node; SLURM_NODEID is that node's machine rank.
+srun --kill-on-bad-exit=1 bash -c "accelerate launch \
+    --config_file $ACCEL_CONFIG \
+    --num_machines $SLURM_NNODES \
+    --num_processes $((SLURM_NNODES * GPUS_PER_NODE)) \
+    --machine_rank \$SLURM_NODEID \
+    --main_process_ip $MAIN_IP \
+    --main_process_port $MAIN_PORT \
+    launch/pretrain.py --config $CONFIG $*" &
+wait_pid=$!
+trap 'echo "SIGTERM: forwarding to the launchers"; kill -TERM $wait_pid; wait $wait_pid' TERM
+wait $wait_pid
