@@ -171,6 +171,11 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     t0 = time.time()
+    import datasets
+
+    bars_were_on = datasets.is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
     try:
         (staging / "cache").mkdir()
         train, val, streamed = _load_splits(cfg, staging / "cache")
@@ -185,7 +190,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
             check_encoder_agreement(tok_dir, probes)
             tok_source = f"sentencepiece BPE (byte fallback), vocab_size={cfg.vocab_size}"
         tok = load_tokenizer(tok_dir)
-        vocab_size = len(tok)
+        vocab_size = max(len(tok), max(tok.get_vocab().values()) + 1)  # ids need not be contiguous
         dtype = choose_dtype(vocab_size, cfg.token_dtype)
         encoder = DocumentEncoder(tok_dir)
         if streamed:
@@ -217,6 +222,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
         os.replace(tmp, staging / "meta.json")
         _publish(staging, out_dir, inputs)
     finally:
+        if bars_were_on and not progress:
+            datasets.enable_progress_bars()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir

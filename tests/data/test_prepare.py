@@ -206,3 +206,13 @@ def test_streamed_hub_dataset_path_offline(tmp_path, corpus_docs, monkeypatch):
         ds = PackedTokens(out_dir, split)
         expected = "".join(d + tok.eos_token for d, v in zip(docs, is_val) if v == want)
         assert tok.decode(ds[0 : len(ds)].tolist()) == expected
+
+
+def test_parallel_tokenization_gives_identical_shards(tmp_path, corpus_docs):
+    write_txt(tmp_path / "txt", corpus_docs)
+    one = prepare_data(small_config(tmp_path, out_dir=str(tmp_path / "p1"), num_proc=1), progress=False)
+    two = prepare_data(small_config(tmp_path, out_dir=str(tmp_path / "p2"), num_proc=2), progress=False)
+    for split in ("train", "val"):
+        a, b = PackedTokens(one, split), PackedTokens(two, split)
+        assert np.array_equal(a[0 : len(a)], b[0 : len(b)]) and a.num_documents == b.num_documents
+    assert read_meta(one)["tokenizer"]["sha256"] == read_meta(two)["tokenizer"]["sha256"]

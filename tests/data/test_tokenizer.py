@@ -31,6 +31,17 @@ def test_round_trip_on_held_out_text(prepared, corpus_docs):
     assert unk not in ids  # byte fallback: nothing becomes <unk>
 
 
+def test_resaved_tokenizer_keeps_the_pipeline(prepared, corpus_docs, tmp_path):
+    """Run exports re-save the tokenizer (save_pretrained): ids and round trip must survive."""
+    tok = load_tokenizer(prepared[0])
+    tok.save_pretrained(tmp_path / "export")
+    again = AutoTokenizer.from_pretrained(tmp_path / "export")
+    texts = corpus_docs[:3] + EDGE_CASES
+    assert again(texts, add_special_tokens=False)["input_ids"] == tok(texts, add_special_tokens=False)["input_ids"]
+    assert all(again.decode(again(t, add_special_tokens=False)["input_ids"]) == t for t in texts)
+    assert again.eos_token_id == 2 and again.pad_token_id == 0
+
+
 def test_special_token_ids_fit_the_model_config(prepared):
     out_dir, cfg = prepared
     tok = load_tokenizer(out_dir)
