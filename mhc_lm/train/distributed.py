@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
 from mhc_lm.train.config import RunConfig
@@ -51,6 +52,9 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30))]
     if cpu and not using_deepspeed():  # accelerate refuses cpu=True together with DeepSpeed
         kwargs["cpu"] = True
+    if launched_world_size() == 1 and not using_deepspeed():
+        # a second run in the same process (tests, notebooks, the quickstart) may change precision
+        AcceleratorState._reset_state()
     accelerator = Accelerator(**kwargs)
     if accelerator.num_processes != launched_world_size():
         raise RuntimeError(f"Accelerate sees {accelerator.num_processes} processes but WORLD_SIZE="

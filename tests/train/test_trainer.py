@@ -138,3 +138,29 @@ def test_export_loads_with_auto_model(tmp_path):
         again = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
         torch.testing.assert_close(again(ids).logits, expected)
     assert loaded.config.residual_mode == "mhc"
+
+
+def test_activation_checkpointing_keeps_the_losses(tmp_path):
+    run(tiny_config(tmp_path / "plain", "mhc", train={"max_steps": 4}))
+    trainer, _ = run(tiny_config(tmp_path / "ckpt", "mhc", train={"max_steps": 4, "activation_checkpointing": True}))
+    assert trainer.unwrapped_model.is_activation_checkpointing
+    got, want = losses(tmp_path / "ckpt"), losses(tmp_path / "plain")
+    torch.testing.assert_close(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want]), rtol=1e-5, atol=0)
+
+
+def test_bf16_autocast_keeps_fp32_parameters_and_tensorboard(tmp_path):
+    cfg = tiny_config(tmp_path / "run", "mhc", train={"max_steps": 3, "mixed_precision": "bf16"},
+                      logging={"trackers": ["tensorboard"]})
+    trainer, status = run(cfg)
+    assert status == "completed"
+    assert all(p.dtype == torch.float32 for p in trainer.unwrapped_model.parameters())
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in losses(tmp_path / "run"))
+    assert list((tmp_path / "run").rglob("events.out.tfevents*")), "tensorboard tracker wrote nothing"
+
+
+@pytest.mark.slow
+def test_compile_keeps_the_losses(tmp_path):
+    run(tiny_config(tmp_path / "plain", "standard", train={"max_steps": 3}))
+    run(tiny_config(tmp_path / "compiled", "standard", train={"max_steps": 3, "compile": True}))
+    got, want = losses(tmp_path / "compiled"), losses(tmp_path / "plain")
+    torch.testing.assert_close(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want]), rtol=1e-4, atol=0)
