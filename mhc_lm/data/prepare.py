@@ -77,6 +77,8 @@ def _publish(staging: Path, out_dir: Path, inputs: dict) -> None:
     """Rename the finished staging folder to out_dir (replacing an old one only after success)."""
     old = None
     if out_dir.exists():
+        if _reusable(out_dir, inputs, overwrite=True):
+            return  # another process (e.g. a second rank) published this same preparation meanwhile
         old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(out_dir, old)
     try:

@@ -109,7 +109,14 @@ def load_hub(name: str, cfg: DataConfig):
     """Stream a Hub dataset (needs network); returns an IterableDataset with a `text` column."""
     import datasets
 
-    ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split, streaming=True)
+    try:
+        ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split, streaming=True)
+    except Exception as err:  # offline, unknown name, wrong config/split: datasets raises many kinds
+        raise ValueError(
+            f"data.train_files={name!r} is not a local path, so it was read as a Hub dataset, which failed: {err}. "
+            "Fix: check the path (local folders must exist), or the Hub name / data.hub_config / data.hub_split "
+            "and the network."
+        ) from err
     if ds.column_names is not None and cfg.text_column not in ds.column_names:
         raise ValueError(
             f"Hub dataset {name!r}: no column {cfg.text_column!r}; columns are {ds.column_names}. "

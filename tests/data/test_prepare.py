@@ -216,3 +216,23 @@ def test_parallel_tokenization_gives_identical_shards(tmp_path, corpus_docs):
         a, b = PackedTokens(one, split), PackedTokens(two, split)
         assert np.array_equal(a[0 : len(a)], b[0 : len(b)]) and a.num_documents == b.num_documents
     assert read_meta(one)["tokenizer"]["sha256"] == read_meta(two)["tokenizer"]["sha256"]
+
+
+def test_missing_folder_read_as_hub_name_fails_clearly_offline(tmp_path):
+    cfg = small_config(tmp_path, train_files=["no_such_dir"], out_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"read as a Hub dataset.*local folders must exist"):
+        prepare_data(cfg, progress=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_publish_race_keeps_the_first_complete_folder(tmp_path, corpus_docs):
+    """Two ranks preparing at once: the second finds the same preparation published and keeps it."""
+    write_txt(tmp_path / "txt", corpus_docs[:12])
+    cfg = small_config(tmp_path)
+    out_dir = prepare_data(cfg, progress=False)
+    inode = out_dir.stat().st_ino
+    late = tmp_path / ".prepared.partial-late"
+    shutil.copytree(out_dir, late)
+    prepare_module._publish(late, out_dir, prepare_module._fingerprint_inputs(cfg))
+    assert out_dir.stat().st_ino == inode and late.exists()  # caller's finally removes its staging
+    PackedTokens(out_dir, "train")
