@@ -212,6 +212,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         self._prepare_run_dir()
         self._resume()
+        start_step = self.step
         previous = self._install_signal_handlers()
         for cb in self.callbacks:
             cb.on_train_begin(self)
@@ -252,7 +253,8 @@ class Trainer:
                               "rerun the same command to resume", flush=True)
                     break
             if status == "completed":
-                self._log_val()
+                if self.step > start_step:  # a finished run rerun: nothing new to evaluate
+                    self._log_val()
                 if cfg.checkpoint.save_at_end and self._last_saved_step != self.step:
                     self.save_checkpoint()
                 for cb in self.callbacks:

@@ -54,6 +54,10 @@ def test_run_dir_metrics_and_callbacks(tmp_path):
     run_dir = tmp_path / "run"
     for name in ("config.yaml", "meta.json", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
+    import json
+
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert len(meta["git"]["commit"]) == 40 and meta["versions"]["torch"] and meta["command"]
     records = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == list(range(1, 25))
