@@ -80,7 +80,10 @@ def configure_deepspeed(accelerator: Accelerator, cfg: RunConfig) -> None:
 
 def apply_activation_checkpointing(model) -> None:
     """Recompute every decoder layer in backward (HF GradientCheckpointingLayer, non-reentrant)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
 
 
