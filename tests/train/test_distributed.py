@@ -46,11 +46,11 @@ def reference(tmp_path_factory):
     return run_dir
 
 
-def launch(config_file, run_dir, tmp_path, timeout=300):
+def launch(config_file, run_dir, tmp_path, overrides=(), timeout=300):
     cfg_path = tmp_path / "run.yaml"
-    save_config(tiny_config(run_dir, "mhc"), cfg_path)
+    save_config(tiny_config(run_dir, "mhc", train={"export_hf": True}), cfg_path)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / config_file),
-           str(TOY_RUN), str(cfg_path)]
+           str(TOY_RUN), str(cfg_path), *overrides]
     out = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
@@ -70,11 +70,32 @@ def test_two_process_ddp_matches_single_process(tmp_path, reference):
     assert_same_losses(tmp_path / "ddp", reference)
 
 
+def assert_export_matches_checkpoint(run_dir, tmp_path):
+    """run_dir/hf (gathered at the end of the run) == launch/export_hf.py of the last checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from mhc_lm.train.export import export_run_dir
+
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        end = AutoModelForCausalLM.from_pretrained(run_dir / "hf", trust_remote_code=True)(ids).logits
+        again = export_run_dir(run_dir, tmp_path / "exported")
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(again, trust_remote_code=True)(ids).logits, end)
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_deepspeed_zero_matches_single_process(tmp_path, reference, stage):
     stdout = launch(f"configs/accelerate/cpu_deepspeed_zero{stage}_2proc.yaml", tmp_path / "ds", tmp_path)
     assert "world_size=2" in stdout and "DEEPSPEED" in stdout
     assert_same_losses(tmp_path / "ds", reference)
+    assert_export_matches_checkpoint(tmp_path / "ds", tmp_path)
+    if stage == 2:  # resume a DeepSpeed checkpoint: extend the finished run by 2 steps
+        before = series(tmp_path / "ds")
+        stdout = launch(f"configs/accelerate/cpu_deepspeed_zero{stage}_2proc.yaml", tmp_path / "ds", tmp_path,
+                        ["train.max_steps=10"])
+        assert "resumed from" in stdout and "step_0000008" in stdout
+        after = series(tmp_path / "ds")
+        assert after[:8] == before and [s for s, _ in after[8:]] == [9, 10]
 
 
 @pytest.mark.slow
@@ -82,6 +103,7 @@ def test_deepspeed_zero3_matches_single_process(tmp_path, reference):
     stdout = launch("configs/accelerate/cpu_deepspeed_zero3_2proc.yaml", tmp_path / "ds3", tmp_path)
     assert "world_size=2" in stdout
     assert_same_losses(tmp_path / "ds3", reference)
+    assert_export_matches_checkpoint(tmp_path / "ds3", tmp_path)
 
 
 def test_sigterm_then_resume_is_bit_exact(tmp_path):
