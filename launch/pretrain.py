@@ -15,6 +15,7 @@ checkpoint and stop. Exit codes: 0 completed or interrupted cleanly, 2 bad confi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"[mhc-lm] training diverged: {err}", file=sys.stderr)
         return 3
-    print(f"[mhc-lm] {status}: {config.run_dir}", flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[mhc-lm] {status}: {config.run_dir}", flush=True)
     return 0
 
 

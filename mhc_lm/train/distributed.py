@@ -31,9 +31,12 @@ def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
     """Micro-batches per optimizer step so that micro * world * accumulation == batch_size."""
     per_step = cfg.train.micro_batch_size * world_size
     if cfg.train.batch_size % per_step:
+        per_rank = cfg.train.batch_size // world_size if cfg.train.batch_size % world_size == 0 else 0
+        fits = [m for m in range(cfg.train.micro_batch_size, 0, -1) if per_rank and per_rank % m == 0]
+        hint = f"e.g. train.micro_batch_size={fits[0]}" if fits else f"make train.batch_size a multiple of {per_step}"
         raise ValueError(
             f"train.batch_size={cfg.train.batch_size} is not a multiple of train.micro_batch_size="
-            f"{cfg.train.micro_batch_size} x {world_size} processes; change one of them")
+            f"{cfg.train.micro_batch_size} x {world_size} processes; {hint}")
     return cfg.train.batch_size // per_step
 
 
