@@ -168,3 +168,20 @@ def test_compile_keeps_the_losses(tmp_path):
     run(tiny_config(tmp_path / "compiled", "standard", train={"max_steps": 3, "compile": True}))
     got, want = losses(tmp_path / "compiled"), losses(tmp_path / "plain")
     torch.testing.assert_close(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want]), rtol=1e-4, atol=0)
+
+
+def test_metrics_callbacks_are_built_when_available(tmp_path, monkeypatch):
+    import mhc_lm.metrics
+
+    seen = []
+
+    def build_callbacks(config, trainer):
+        seen.append((config, trainer))
+        return [Recorder()]
+
+    monkeypatch.setattr(mhc_lm.metrics, "build_callbacks", build_callbacks, raising=False)
+    cfg = tiny_config(tmp_path / "on", metrics={"enabled": True}, train={"max_steps": 2})
+    trainer = Trainer(cfg, data=toy_data(cfg))
+    assert seen == [(cfg, trainer)] and isinstance(trainer.callbacks[-1], Recorder)
+    cfg_off = tiny_config(tmp_path / "off", metrics={"enabled": False}, train={"max_steps": 2})
+    assert Trainer(cfg_off, data=toy_data(cfg_off)).callbacks == []
