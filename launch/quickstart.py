@@ -3,6 +3,7 @@ CPU, export each as a Hugging Face folder, and plot their loss curves side by si
 
     python launch/quickstart.py                  # ~5-10 minutes on 2 CPU cores
     python launch/quickstart.py --steps 100 --modes standard mhc
+    python launch/quickstart.py train.batch_size=16 --steps 200   # dotted overrides before --modes
 
 Outputs under runs/quickstart/: {standard,hc,mhc,grid}/ (run dirs with metrics.jsonl,
 checkpoints/, hf/), loss_curves.png and summary.json. Rerunning resumes or reuses finished runs.
