@@ -23,6 +23,9 @@ MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MAIN_PORT=${MAIN_PORT:-29500}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 cd "${SLURM_SUBMIT_DIR:-.}"               # the repo root: config paths are relative to it
+# torchrun gives the workers this long after forwarding SIGTERM before it SIGKILLs them (default
+# 30 s): enough to write a checkpoint of the model + optimizer states, under the 300 s lead above.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-240}
 mkdir -p logs
 # source .venv/bin/activate              # your environment here
 
