@@ -147,7 +147,7 @@ class Trainer:
     def _stop_requested(self) -> bool:
         flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.accelerator.device)
         if self.world_size > 1:  # a signal may reach only some ranks: all must agree to stop
-            flag = self.accelerator.reduce(flag, "max")
+            flag = self.accelerator.reduce(flag, "sum")
         return bool(flag.item() > 0)
 
     # ---------------------------------------------------------------- checkpoint / eval
