@@ -1,0 +1,268 @@
+"""Fused pre-mix and post + residual merge of HC/mHC (mHC arXiv 2512.24880 eq. 3; HC arXiv 2409.19606).
+
+Meaning: `mhc_lm.model.stream_ops.pre_mix_reference` / `post_res_reference` (fp32 accumulation,
+result in x's dtype). N tokens, n streams, C channels; h matrices use [old i, new j]:
+
+    pre_mix:   y[t, c]    = sum_i h_pre[t, i] x[t, i, c]                          reads nC, writes C
+    post_res:  out[t,j,c] = sum_i h_res[t, i, j] x[t, i, c] + h_post[t, j] f[t, c]   reads (n+1)C, writes nC
+
+Backward (one pass each, the per-token n / n x n reductions over C accumulated in registers):
+
+    pre_mix:   dx[t,i,c] = h_pre[t,i] g[t,c];   dh_pre[t,i] = sum_c x[t,i,c] g[t,c]
+    post_res:  dx[t,i,c] = sum_j h_res[t,i,j] g[t,j,c];   df[t,c] = sum_j h_post[t,j] g[t,j,c]
+               dh_res[t,i,j] = sum_c x[t,i,c] g[t,j,c];   dh_post[t,j] = sum_c g[t,j,c] f[t,c]
+
+HC's width and depth connections (h = A_m^T H, H' = B^T F(h) + A_r^T H) are these same two ops
+with h_pre = A_m, h_res = A_r (unconstrained, no Sinkhorn) and h_post = B, so HC uses them as is.
+
+One program owns BT tokens and loops over C in BC-wide chunks: x, f and g are each read once
+and every output written once (the memory-bound minimum).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import channel_block, check_device, next_pow2, token_block
+
+
+@triton.jit
+def _pre_mix_fwd_kernel(X, H, Y, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+    i = tl.arange(0, NP)
+    tmask = t < T
+    hmask = tmask[:, None] & (i[None, :] < N)
+    h = tl.load(H + t[:, None] * N + i[None, :], mask=hmask, other=0.0).to(tl.float32)  # (BT, NP)
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        cmask = c < C
+        x = tl.load(
+            X + t[:, None, None] * (N * C) + i[None, :, None] * C + c[None, None, :],
+            mask=hmask[:, :, None] & cmask[None, None, :],
+            other=0.0,
+        ).to(tl.float32)  # (BT, NP, BC)
+        y = tl.sum(h[:, :, None] * x, axis=1)  # (BT, BC)
+        tl.store(Y + t[:, None] * C + c[None, :], y.to(Y.dtype.element_ty), mask=tmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _pre_mix_bwd_kernel(X, H, G, GX, GH, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+    i = tl.arange(0, NP)
+    tmask = t < T
+    hmask = tmask[:, None] & (i[None, :] < N)
+    h = tl.load(H + t[:, None] * N + i[None, :], mask=hmask, other=0.0).to(tl.float32)  # (BT, NP)
+    gh = tl.zeros((BT, NP), dtype=tl.float32)
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        cmask = c < C
+        g = tl.load(G + t[:, None] * C + c[None, :], mask=tmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        offs = t[:, None, None] * (N * C) + i[None, :, None] * C + c[None, None, :]
+        m3 = hmask[:, :, None] & cmask[None, None, :]
+        x = tl.load(X + offs, mask=m3, other=0.0).to(tl.float32)  # (BT, NP, BC)
+        tl.store(GX + offs, (h[:, :, None] * g[:, None, :]).to(GX.dtype.element_ty), mask=m3)
+        gh += tl.sum(x * g[:, None, :], axis=2)
+    tl.store(GH + t[:, None] * N + i[None, :], gh, mask=hmask)
+
+
+@triton.jit
+def _post_res_fwd_kernel(
+    X, F, HR, HP, OUT, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr
+):
+    t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+    j = tl.arange(0, NP)
+    tmask = t < T
+    jmask = tmask[:, None] & (j[None, :] < N)  # (BT, NP)
+    hp = tl.load(HP + t[:, None] * N + j[None, :], mask=jmask, other=0.0).to(tl.float32)
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        cmask = c < C
+        m2 = tmask[:, None] & cmask[None, :]
+        f = tl.load(F + t[:, None] * C + c[None, :], mask=m2, other=0.0).to(tl.float32)  # (BT, BC)
+        acc = hp[:, :, None] * f[:, None, :]  # (BT, NP, BC): H_post^T f
+        for i in tl.static_range(N):  # + sum_i H_res[i, j] x_i
+            hr_i = tl.load(HR + t[:, None] * (N * N) + i * N + j[None, :], mask=jmask, other=0.0).to(tl.float32)
+            x_i = tl.load(X + t[:, None] * (N * C) + i * C + c[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc += hr_i[:, :, None] * x_i[:, None, :]
+        tl.store(
+            OUT + t[:, None, None] * (N * C) + j[None, :, None] * C + c[None, None, :],
+            acc.to(OUT.dtype.element_ty),
+            mask=jmask[:, :, None] & cmask[None, None, :],
+        )
+
+
+@triton.jit
+def _post_res_bwd_kernel(
+    X, F, HR, HP, G, GX, GF, GHR, GHP, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr
+):
+    t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+    j = tl.arange(0, NP)
+    tmask = t < T
+    jmask = tmask[:, None] & (j[None, :] < N)
+    hp = tl.load(HP + t[:, None] * N + j[None, :], mask=jmask, other=0.0).to(tl.float32)  # (BT, NP)
+    ghr = tl.zeros((BT, NP, NP), dtype=tl.float32)  # [t, i, j]
+    ghp = tl.zeros((BT, NP), dtype=tl.float32)
+    rows = tl.arange(0, NP)[None, :, None]
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        cmask = c < C
+        m2 = tmask[:, None] & cmask[None, :]
+        g = tl.load(
+            G + t[:, None, None] * (N * C) + j[None, :, None] * C + c[None, None, :],
+            mask=jmask[:, :, None] & cmask[None, None, :],
+            other=0.0,
+        ).to(tl.float32)  # (BT, NP, BC) = dL/dout[t, j, c]
+        f = tl.load(F + t[:, None] * C + c[None, :], mask=m2, other=0.0).to(tl.float32)
+        gf = tl.sum(hp[:, :, None] * g, axis=1)  # (BT, BC)
+        tl.store(GF + t[:, None] * C + c[None, :], gf.to(GF.dtype.element_ty), mask=m2)
+        ghp += tl.sum(g * f[:, None, :], axis=2)
+        for i in tl.static_range(N):
+            hr_i = tl.load(HR + t[:, None] * (N * N) + i * N + j[None, :], mask=jmask, other=0.0).to(tl.float32)
+            gx_i = tl.sum(hr_i[:, :, None] * g, axis=1)  # (BT, BC)
+            tl.store(GX + t[:, None] * (N * C) + i * C + c[None, :], gx_i.to(GX.dtype.element_ty), mask=m2)
+            x_i = tl.load(X + t[:, None] * (N * C) + i * C + c[None, :], mask=m2, other=0.0).to(tl.float32)
+            row = tl.sum(x_i[:, None, :] * g, axis=2)  # (BT, NP): dL/dh_res[t, i, :]
+            ghr += tl.where(rows == i, row[:, None, :], 0.0)
+    tl.store(GHP + t[:, None] * N + j[None, :], ghp, mask=jmask)
+    ii = tl.arange(0, NP)
+    tl.store(
+        GHR + t[:, None, None] * (N * N) + ii[None, :, None] * N + j[None, None, :],
+        ghr,
+        mask=tmask[:, None, None] & (ii[None, :, None] < N) & (j[None, None, :] < N),
+    )
+
+
+def _blocks(T: int, C: int, n: int) -> tuple[int, int, tuple[int]]:
+    BT = token_block(T, gpu=4, interp=128)
+    BC = channel_block(C, gpu=max(64, 1024 // next_pow2(n)), interp=256)
+    return BT, BC, (triton.cdiv(T, BT),)
+
+
+def _check_pre(x: torch.Tensor, h_pre: torch.Tensor) -> None:
+    if x.dim() != 3 or h_pre.shape != x.shape[:2]:
+        raise ValueError(f"fused_pre_mix: expected x (N, n, C) and h_pre (N, n), got {tuple(x.shape)} and {tuple(h_pre.shape)}")
+
+
+def _check_post(x, f_out, h_res, h_post) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"fused_post_res: x must be (N, n, C), got {tuple(x.shape)}")
+    N, n, C = x.shape
+    want = {"f_out": (N, C), "h_res": (N, n, n), "h_post": (N, n)}
+    for name, t in (("f_out", f_out), ("h_res", h_res), ("h_post", h_post)):
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"fused_post_res: {name} must be {want[name]} for x {tuple(x.shape)}, got {tuple(t.shape)}")
+
+
+# ---------------------------------------------------------------- pre_mix
+@torch.library.custom_op("mhc_lm::pre_mix", mutates_args=())
+def _pre_mix_op(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
+    check_device("fused_pre_mix", x, h_pre)
+    _check_pre(x, h_pre)
+    x, h_pre = x.contiguous(), h_pre.contiguous()
+    N, n, C = x.shape
+    y = torch.empty((N, C), dtype=x.dtype, device=x.device)
+    if N and C:
+        BT, BC, grid = _blocks(N, C, n)
+        _pre_mix_fwd_kernel[grid](x, h_pre, y, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
+    return y
+
+
+@_pre_mix_op.register_fake
+def _(x, h_pre):
+    return x.new_empty((x.shape[0], x.shape[2]))
+
+
+@torch.library.custom_op("mhc_lm::pre_mix_backward", mutates_args=())
+def _pre_mix_backward_op(x: torch.Tensor, h_pre: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x, h_pre, grad = x.contiguous(), h_pre.contiguous(), grad.contiguous()
+    N, n, C = x.shape
+    gx = torch.empty_like(x)
+    gh = torch.zeros((N, n), dtype=torch.float32, device=x.device)
+    if N and C:
+        BT, BC, grid = _blocks(N, C, n)
+        _pre_mix_bwd_kernel[grid](x, h_pre, grad, gx, gh, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
+    return gx, gh.to(h_pre.dtype)
+
+
+@_pre_mix_backward_op.register_fake
+def _(x, h_pre, grad):
+    return torch.empty_like(x), torch.empty_like(h_pre)
+
+
+def _pre_mix_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _pre_mix_backward(ctx, grad):
+    x, h_pre = ctx.saved_tensors
+    return _pre_mix_backward_op(x, h_pre, grad)
+
+
+torch.library.register_autograd("mhc_lm::pre_mix", _pre_mix_backward, setup_context=_pre_mix_setup)
+
+
+# ---------------------------------------------------------------- post_res
+@torch.library.custom_op("mhc_lm::post_res", mutates_args=())
+def _post_res_op(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_post: torch.Tensor) -> torch.Tensor:
+    check_device("fused_post_res", x, f_out, h_res, h_post)
+    _check_post(x, f_out, h_res, h_post)
+    x, f_out, h_res, h_post = (t.contiguous() for t in (x, f_out, h_res, h_post))
+    N, n, C = x.shape
+    out = torch.empty_like(x)
+    if N and C:
+        BT, BC, grid = _blocks(N, C, n)
+        _post_res_fwd_kernel[grid](x, f_out, h_res, h_post, out, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
+    return out
+
+
+@_post_res_op.register_fake
+def _(x, f_out, h_res, h_post):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("mhc_lm::post_res_backward", mutates_args=())
+def _post_res_backward_op(
+    x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_post: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, f_out, h_res, h_post, grad = (t.contiguous() for t in (x, f_out, h_res, h_post, grad))
+    N, n, C = x.shape
+    gx, gf = torch.empty_like(x), torch.empty_like(f_out)
+    ghr = torch.zeros((N, n, n), dtype=torch.float32, device=x.device)
+    ghp = torch.zeros((N, n), dtype=torch.float32, device=x.device)
+    if N and C:
+        BT, BC, grid = _blocks(N, C, n)
+        _post_res_bwd_kernel[grid](
+            x, f_out, h_res, h_post, grad, gx, gf, ghr, ghp, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC
+        )
+    return gx, gf, ghr.to(h_res.dtype), ghp.to(h_post.dtype)
+
+
+@_post_res_backward_op.register_fake
+def _(x, f_out, h_res, h_post, grad):
+    return torch.empty_like(x), torch.empty_like(f_out), torch.empty_like(h_res), torch.empty_like(h_post)
+
+
+def _post_res_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _post_res_backward(ctx, grad):
+    return _post_res_backward_op(*ctx.saved_tensors, grad)
+
+
+torch.library.register_autograd("mhc_lm::post_res", _post_res_backward, setup_context=_post_res_setup)
+
+
+def fused_pre_mix(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
+    """x (N, n, C), h_pre (N, n) -> (N, C) in x's dtype: the layer input H_pre x_l (HC: A_m^T H)."""
+    return _pre_mix_op(x, h_pre)
+
+
+def fused_post_res(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_post: torch.Tensor) -> torch.Tensor:
+    """x (N, n, C), f_out (N, C), h_res (N, n, n) [old i, new j], h_post (N, n) -> (N, n, C) in x's dtype.
+
+    H_res x_l + H_post^T f in one pass (HC: A_r^T H + B^T f).
+    """
+    return _post_res_op(x, f_out, h_res, h_post)
