@@ -1,0 +1,22 @@
+"""Stability metrics (DESIGN.md section 2): spikes, loss volatility, Amax gain, vanished gradients.
+
+    from mhc_lm.metrics import build_callbacks, detect_spikes, amax_gain, composite, vanished_ratio, probe_model
+
+Pure functions take tensors / numbers; `build_callbacks(config, trainer)` gives the trainer its
+callbacks; `probe_model` is shared with the offline `python -m evals.stability`. JSONL names are
+listed in docs/stability.md.
+"""
+
+from .amax import amax_gain, composite, gain_summary, inf_norm, mixing_amax_metrics
+from .callbacks import ProbeCallback, StabilityCallback, build_callbacks
+from .config import MetricsConfig
+from .probe import probe_model
+from .spikes import SpikeDetector, VolatilityTracker, detect_spikes, loss_volatility
+from .vanished import eps_key, vanished_counts, vanished_from_counts, vanished_ratio
+
+__all__ = [
+    "MetricsConfig", "build_callbacks", "StabilityCallback", "ProbeCallback", "probe_model",
+    "SpikeDetector", "VolatilityTracker", "detect_spikes", "loss_volatility",
+    "amax_gain", "inf_norm", "composite", "gain_summary", "mixing_amax_metrics",
+    "vanished_ratio", "vanished_counts", "vanished_from_counts", "eps_key",
+]

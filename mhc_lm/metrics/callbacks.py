@@ -1,0 +1,155 @@
+"""Stability callbacks for the trainer (`mhc_lm.train.callbacks.Callback` protocol).
+
+    StabilityCallback: every step, from the loss / grad-norm floats the trainer already has
+        spike/loss, spike/loss_count, spike/loss_score, spike/loss_z,
+        spike/grad_norm, spike/grad_norm_count, spike/grad_norm_score, loss_volatility
+    ProbeCallback: every `probe_every` steps (and at the last step), on `trainer.probe_batch`
+        amax/..., rms/act/..., rms/grad/..., vanished/..., grad_std, probe/loss
+
+No extra host sync per step (the spike rule runs on Python floats); the probe syncs once per
+probe. Both run on every rank (the probe forward may be collective under ZeRO-3 / FSDP); only
+the main process writes the entries, which the trainer does. On resume the spike history and
+counts are rebuilt from run_dir/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+from .config import MetricsConfig
+from .probe import eval_mode, probe_model
+from .spikes import SpikeDetector, VolatilityTracker
+
+SPIKE_SERIES = ("loss", "grad_norm")
+
+
+class StabilityCallback:
+    """Online spike detection (mean + k sigma of the previous window) and loss volatility."""
+
+    def __init__(self, config: MetricsConfig):
+        self.config = config
+        self.detectors = {name: self._detector() for name in SPIKE_SERIES}
+        self.volatility = VolatilityTracker(config.volatility_window)
+
+    def _detector(self) -> SpikeDetector:
+        c = self.config
+        return SpikeDetector(window=c.spike_window, sigma=c.spike_sigma, min_history=c.spike_min_history)
+
+    def on_train_begin(self, trainer) -> None:
+        path = Path(trainer.run_dir) / "metrics.jsonl"
+        if getattr(trainer, "step", 0) > 0 and path.is_file():
+            self.restore(path, trainer.step)
+
+    def restore(self, path: Path, step: int) -> None:
+        """Refill histories from the logged series up to `step` (counts from the last logged totals)."""
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("step", 0) <= step and "loss" in rec:
+                records.append(rec)
+        for name, det in self.detectors.items():
+            values = [float(r[name]) for r in records if isinstance(r.get(name), (int, float))]
+            det.history.extend(values[-det.window:])
+            last = next((r for r in reversed(records) if f"spike/{name}_count" in r), None)
+            if last is not None:
+                det.count = int(last[f"spike/{name}_count"])
+            det.evaluated = max(step - det.min_history, det.count)  # every step is fed, logged or not
+        for r in records[-self.config.volatility_window:]:
+            if isinstance(r.get("loss"), (int, float)):
+                self.volatility.update(float(r["loss"]))
+
+    def on_step_end(self, trainer, step: int, logs: dict) -> None:
+        for name, det in self.detectors.items():
+            value = logs.get(name)
+            if value is None:
+                continue
+            is_spike, z = det.update(float(value))
+            logs[f"spike/{name}"] = float(is_spike)
+            logs[f"spike/{name}_count"] = float(det.count)
+            logs[f"spike/{name}_score"] = det.score
+            if name == "loss" and math.isfinite(z):
+                logs["spike/loss_z"] = z
+        if "loss" in logs:
+            vol = self.volatility.update(float(logs["loss"]))
+            if math.isfinite(vol):
+                logs["loss_volatility"] = vol
+
+    def on_train_end(self, trainer) -> None:
+        pass
+
+
+def _partitioned(trainer) -> str | None:
+    """'ZeRO-3' / 'FSDP' when parameters are sharded across ranks, else None."""
+    from accelerate.utils import DistributedType
+
+    acc = trainer.accelerator
+    if acc.distributed_type == DistributedType.FSDP:
+        return "FSDP"
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        plugin = getattr(acc.state, "deepspeed_plugin", None)
+        if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+            return "ZeRO-3"
+    return None
+
+
+class ProbeCallback:
+    """Amax / RMS / vanished-gradient probe on the trainer's fixed validation batch."""
+
+    def __init__(self, config: MetricsConfig):
+        self.config = config
+        self.gradients = config.probe_gradients
+
+    def on_train_begin(self, trainer) -> None:
+        sharding = _partitioned(trainer)
+        if sharding and self.gradients:
+            self.gradients = False
+            if trainer.accelerator.is_main_process:
+                warnings.warn(f"metrics: parameters are partitioned ({sharding}); the vanished-gradient, grad_std and "
+                              "rms/grad probes are skipped (Amax and activation RMS are still logged). Run "
+                              "`python -m evals.stability RUN_DIR` on the exported checkpoint instead.", stacklevel=2)
+        log_every = trainer.config.logging.log_every
+        if self.config.probe_every % log_every and trainer.accelerator.is_main_process:
+            warnings.warn(f"metrics.probe_every={self.config.probe_every} is not a multiple of logging.log_every="
+                          f"{log_every}: probes on unlogged steps are lost", stacklevel=2)
+
+    def due(self, trainer, step: int) -> bool:
+        every = self.config.probe_every
+        return trainer.probe_batch is not None and every > 0 and (
+            step % every == 0 or step == trainer.config.train.max_steps)
+
+    def on_step_end(self, trainer, step: int, logs: dict) -> None:
+        if not self.due(trainer, step):
+            return
+        acc = trainer.accelerator
+        reduce = (lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None
+        model = trainer.unwrapped_model
+        with eval_mode(model), acc.autocast():
+            metrics = probe_model(model, trainer.probe_batch, eps=self.config.vanished_eps,
+                                  exclude=self.config.vanished_exclude, amax=self.config.probe_amax,
+                                  gradients=self.gradients, reduce_counts=reduce)
+        logs.update(metrics)
+
+    def on_train_end(self, trainer) -> None:
+        pass
+
+
+def build_callbacks(config, trainer) -> list:
+    """The stability callbacks the trainer runs (config: RunConfig, or a MetricsConfig)."""
+    metrics = getattr(config, "metrics", config)
+    if not isinstance(metrics, MetricsConfig):
+        raise TypeError(f"build_callbacks: expected a RunConfig or MetricsConfig, got {type(config).__name__}")
+    if not metrics.enabled:
+        return []
+    callbacks: list = [StabilityCallback(metrics)]
+    if metrics.probe_every > 0:
+        callbacks.append(ProbeCallback(metrics))
+    return callbacks
+
+
+__all__ = ["StabilityCallback", "ProbeCallback", "build_callbacks"]

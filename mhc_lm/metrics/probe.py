@@ -1,0 +1,127 @@
+"""One probe pass on a fixed batch: Amax gains, per-layer RMS, vanished-gradient ratio.
+
+Shared by the online callback (`mhc_lm.metrics.callbacks`) and the offline checkpoint probe
+(`python -m evals.stability`), so both report the same quantities under the same names.
+
+One forward (with mixing matrices recorded and each decoder layer's output captured by a
+forward hook) and one backward via `torch.autograd.grad`, which returns gradients without
+writing `.grad`: the training gradients and the optimizer are untouched, and DDP's
+gradient-reduction hooks (which sit on `.grad` accumulation) never fire. Run it on the
+unwrapped model (`trainer.unwrapped_model`). Under DeepSpeed ZeRO-3 or FSDP the parameters are
+partitioned and this view is not the full model: the callback skips the gradient part there.
+
+Names (see docs/stability.md):
+    amax/{fwd,bwd}/layer_XX, amax/{fwd,bwd}/composite[_max], amax/inf_norm/composite
+    rms/act/layer_XX   RMS of the residual stream after layer XX (all n streams for hc/mhc)
+    rms/grad/layer_XX  RMS of dLoss/d(residual stream after layer XX)
+    vanished/1e-04 ... vanished/1e-07, grad_std, probe/loss
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .amax import mixing_amax_metrics
+from .vanished import vanished_counts, vanished_from_counts
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The MhcLmModel inside an MhcLmForCausalLM (or the model itself)."""
+    inner = getattr(model, "model", model)
+    if not hasattr(inner, "layers"):
+        raise TypeError(f"{type(model).__name__} has no .model.layers: expected an MhcLmForCausalLM (docs/CONTRACTS.md)")
+    return inner
+
+
+def gradient_params(model: nn.Module, exclude: Sequence[str] = ()) -> list[tuple[str, nn.Parameter]]:
+    """Trainable parameters counted by the vanished ratio (tied weights once), minus `exclude` substrings."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad and not any(x in n for x in exclude)]
+
+
+def probe_model(
+    model: nn.Module,
+    batch: dict,
+    eps: Sequence[float] = (1e-4, 1e-5, 1e-6, 1e-7),
+    exclude: Sequence[str] = ("embed_tokens", "lm_head"),
+    amax: bool = True,
+    gradients: bool = True,
+    reduce_counts=None,
+) -> dict[str, float]:
+    """Probe metrics of `model` (an MhcLmForCausalLM) on batch {"input_ids", "labels"} (B, T).
+
+    labels are next-token targets (already shifted, as WindowLoader yields them).
+    reduce_counts: optional callable summing a tensor over ranks (vanished counts of every
+    rank's probe batch are then pooled); it must be called on every rank.
+    """
+    inner = base_model(model)
+    mixers = list(inner.mixing_modules()) if (amax and hasattr(inner, "mixing_modules")) else []
+    outputs: list[torch.Tensor | None] = [None] * len(inner.layers)
+
+    def capture(idx):
+        def hook(module, args, output):
+            outputs[idx] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [layer.register_forward_hook(capture(i)) for i, layer in enumerate(inner.layers)]
+    for m in mixers:
+        m.record_mixing = True
+    metrics: dict[str, float] = {}
+    try:
+        grad_ctx = torch.enable_grad() if gradients else torch.no_grad()
+        with grad_ctx:
+            loss = model(input_ids=batch["input_ids"], shift_labels=batch["labels"], use_cache=False).loss
+        mats = [m.last_mixing for m in mixers]
+    finally:
+        for h in handles:
+            h.remove()
+        for m in mixers:
+            m.record_mixing = False
+            m.last_mixing = None
+    metrics["probe/loss"] = loss.detach().float()
+
+    if amax:
+        if mats and all(m is not None for m in mats):
+            metrics.update(mixing_amax_metrics(mats))
+        elif not mixers:  # standard / grid: the residual is the identity (grid merges are means: row sums 1)
+            metrics.update({"amax/fwd/composite": 1.0, "amax/bwd/composite": 1.0})
+
+    for i, out in enumerate(outputs):
+        if out is not None:
+            metrics[f"rms/act/layer_{i:02d}"] = out.detach().float().pow(2).mean().sqrt()
+
+    if gradients:
+        params = gradient_params(model, exclude)
+        acts = [(i, o) for i, o in enumerate(outputs) if o is not None and o.requires_grad]
+        inputs = [p for _, p in params] + [o for _, o in acts]
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        pgrads = [g if g is not None else torch.zeros_like(p) for g, (_, p) in zip(grads, params)]
+        counts = vanished_counts(pgrads, eps)
+        if reduce_counts is not None:
+            counts = reduce_counts(counts)
+        metrics.update(vanished_from_counts(counts, eps))
+        for (i, _), g in zip(acts, grads[len(params):]):
+            if g is not None:
+                metrics[f"rms/grad/layer_{i:02d}"] = g.float().pow(2).mean().sqrt()
+        del grads, pgrads
+
+    # one host sync for all tensor-valued entries
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    if keys:
+        values = torch.stack([metrics[k].reshape(()).float() for k in keys]).cpu().tolist()
+        metrics.update(zip(keys, values))
+    return metrics
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Temporarily switch to eval mode (no dropout) and back to what it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,63 @@
+"""Amax gain: identity, hand-computed 3x3, products, doubly stochastic matrices."""
+
+import pytest
+import torch
+
+from mhc_lm.metrics import amax_gain, composite, inf_norm, mixing_amax_metrics
+from mhc_lm.model.sinkhorn import sinkhorn
+
+
+def test_identity_gain_is_one():
+    fwd, bwd = amax_gain(torch.eye(4))
+    assert fwd.item() == 1.0 and bwd.item() == 1.0
+    fwd, bwd = amax_gain(composite([torch.eye(3)] * 10))
+    assert fwd.item() == 1.0 and bwd.item() == 1.0
+
+
+def test_hand_computed_3x3():
+    m = torch.tensor([[1.0, -2.0, 0.5],   # row sum -0.5, |.|-sum 3.5
+                      [0.0, 3.0, -1.0],   # row sum  2.0, |.|-sum 4
+                      [-1.0, -1.0, -1.0]])  # row sum -3.0, |.|-sum 3
+    fwd, bwd = amax_gain(m)  # column sums 0, 0, -1.5
+    assert fwd.item() == 3.0
+    assert bwd.item() == 1.5
+    assert inf_norm(m).item() == 4.0  # differs from the forward gain because of negative entries
+
+
+def test_product_order_and_gains():
+    a = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # first layer
+    b = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # second layer
+    c = composite([a, b])
+    assert torch.equal(c, torch.tensor([[1.0, 1.0], [0.0, 3.0]], dtype=torch.float64))  # B @ A, not A @ B
+    fwd, bwd = amax_gain(c)  # row sums 2, 3; column sums 1, 4
+    assert (fwd.item(), bwd.item()) == (3.0, 4.0)
+
+
+def test_batched_shapes_and_errors():
+    m = torch.randn(2, 5, 4, 4)
+    fwd, bwd = amax_gain(m)
+    assert fwd.shape == bwd.shape == (2, 5)
+    assert torch.allclose(fwd[1, 3], m[1, 3].sum(-1).abs().max())
+    with pytest.raises(ValueError, match="square"):
+        amax_gain(torch.randn(3, 4))
+
+
+def test_doubly_stochastic_products_stay_at_one():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 4, 4, generator=g) * 3
+    mats = [m for m in sinkhorn(logits, 40)]
+    fwd, bwd = amax_gain(composite(mats))
+    assert fwd.item() == pytest.approx(1.0, abs=1e-3) and bwd.item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_mixing_metrics_names_and_layer_grouping():
+    a = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).expand(2, 3, 2, 2)  # (B, T, n, n)
+    b = torch.tensor([[1.0, 0.0], [0.0, 3.0]]).expand(2, 3, 2, 2)
+    out = mixing_amax_metrics([a, b, b, a])  # two layers of (attn, mlp)
+    assert out["amax/fwd/layer_00"] == 3.0 and out["amax/bwd/layer_00"] == 4.0  # B @ A
+    assert out["amax/fwd/layer_01"] == 4.0 and out["amax/bwd/layer_01"] == 6.0  # A @ B = [[1,3],[0,3]]: rows 4, 3; cols 1, 6
+    full = composite([a, b, b, a])[0, 0]
+    fwd, bwd = amax_gain(full)
+    assert out["amax/fwd/composite"] == fwd.item() and out["amax/bwd/composite"] == bwd.item()
+    with pytest.raises(ValueError, match="multiple"):
+        mixing_amax_metrics([a, b, a])
