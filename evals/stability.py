@@ -1,0 +1,144 @@
+"""Offline stability probe of a trained run: the same quantities the online callback logs.
+
+    python -m evals.stability RUN_DIR [--model DIR] [--data DIR] [--batches 4] [--out FILE]
+
+Loads RUN_DIR/hf (or --model, any exported MhcLmForCausalLM folder), reads validation windows
+from the run's prepared data (config.yaml `data.out_dir`, or --data), and runs
+`mhc_lm.metrics.probe_model` on each batch: Amax gain per layer and composite (hc/mhc), per-layer
+residual-stream and gradient RMS, vanished-gradient ratio at each eps and gradient std. Values
+are averaged over the batches (maxima for `*_max`). Writes RUN_DIR/stability.json (atomically).
+Names are those of docs/stability.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+DEFAULT_EPS = (1e-4, 1e-5, 1e-6, 1e-7)
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """RUN_DIR/config.yaml as a plain dict ({} when absent)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SystemExit(f"{path}: not valid YAML ({err}); fix or remove it") from err
+
+
+def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size: int | None, seq_len: int | None):
+    """`batches` validation batches {"input_ids", "labels"} of the run's prepared data."""
+    from mhc_lm.data import PackedTokens, WindowLoader
+
+    cfg = read_run_config(run_dir)
+    data_cfg, train_cfg = cfg.get("data") or {}, cfg.get("train") or {}
+    if data_dir is None:
+        out_dir = data_cfg.get("out_dir")
+        if not out_dir:
+            raise SystemExit(f"{run_dir / 'config.yaml'}: no data.out_dir to read probe batches from; pass --data "
+                             "PREPARED_DIR (the folder `python launch/prepare_data.py` wrote)")
+        data_dir = Path(out_dir)
+        if not data_dir.is_absolute() and not data_dir.is_dir():
+            data_dir = Path(__file__).resolve().parents[1] / data_dir
+    if not data_dir.is_dir():
+        raise SystemExit(f"prepared data folder not found: {data_dir} (from {run_dir / 'config.yaml'} data.out_dir); "
+                         "pass --data PREPARED_DIR or rerun the data preparation")
+    seq_len = seq_len or int(data_cfg.get("seq_len") or 128)
+    batch_size = batch_size or int(train_cfg.get("micro_batch_size") or 8)
+    split = "val"
+    try:
+        ds = PackedTokens(data_dir, split="val")
+        loader = WindowLoader(ds, seq_len, batch_size, seed=int(data_cfg.get("seed") or 0) + 1)
+    except (FileNotFoundError, ValueError):
+        split = "train"  # no usable validation split: fall back to training windows, said in the JSON
+        loader = WindowLoader(PackedTokens(data_dir, split="train"), seq_len, batch_size, seed=12345)
+    it = iter(loader)
+    return [next(it) for _ in range(batches)], split
+
+
+def average(results: list[dict]) -> dict[str, float]:
+    """Mean over batches of every key (max for `*_max` keys)."""
+    keys = sorted({k for r in results for k in r})
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in results if k in r]
+        out[k] = max(vals) if k.endswith("_max") else sum(vals) / len(vals)
+    return out
+
+
+def run_stability(run_dir: Path, model_dir: Path | None = None, data_dir: Path | None = None, batches: int = 4,
+                  batch_size: int | None = None, seq_len: int | None = None, eps=DEFAULT_EPS,
+                  exclude=("embed_tokens", "lm_head"), device: str = "cpu", out: Path | None = None) -> dict:
+    """Probe a run's exported model; returns (and writes) the stability record."""
+    import torch
+
+    from mhc_lm.metrics import probe_model
+    from mhc_lm.model import MhcLmForCausalLM
+
+    run_dir = Path(run_dir)
+    model_dir = Path(model_dir) if model_dir else run_dir / "hf"
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(f"no exported model at {model_dir} (config.json missing): the run exports hf/ at the end "
+                         "(train.export_hf), or use `python launch/export_hf.py`, or pass --model DIR")
+    model = MhcLmForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model.eval()
+    data, split = probe_batches(run_dir, data_dir, batches, batch_size, seq_len)
+    results = []
+    for b in tqdm(data, desc=f"stability {run_dir.name}", disable=len(data) < 2):
+        b = {k: v.to(device) for k, v in b.items()}
+        results.append(probe_model(model, b, eps=eps, exclude=exclude))
+    record = {
+        "run_dir": str(run_dir), "model_dir": str(model_dir), "residual_mode": model.config.residual_mode,
+        "num_hidden_layers": model.config.num_hidden_layers, "split": split, "batches": len(data),
+        "batch_shape": list(data[0]["input_ids"].shape), "vanished_eps": list(eps), "vanished_exclude": list(exclude),
+        "metrics": average(results),
+    }
+    out = Path(out) if out else run_dir / "stability.json"
+    write_json_atomic(out, record)
+    return record
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (with hf/ and config.yaml)")
+    parser.add_argument("--model", type=Path, default=None, help="HF folder to probe (default RUN_DIR/hf)")
+    parser.add_argument("--data", type=Path, default=None, help="prepared data folder (default config data.out_dir)")
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's train.micro_batch_size")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the run's data.seq_len")
+    parser.add_argument("--eps", type=float, nargs="+", default=list(DEFAULT_EPS))
+    parser.add_argument("--include-embeddings", action="store_true",
+                        help="count embedding/LM-head gradients in the vanished ratio (unseen rows are exact zeros)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="output JSON (default RUN_DIR/stability.json)")
+    args = parser.parse_args(argv)
+    if args.out and len(args.run_dirs) > 1:
+        parser.error("--out needs a single RUN_DIR")
+    exclude = () if args.include_embeddings else ("embed_tokens", "lm_head")
+    for run_dir in args.run_dirs:
+        rec = run_stability(run_dir, args.model, args.data, args.batches, args.batch_size, args.seq_len,
+                            tuple(args.eps), exclude, args.device, args.out)
+        m = rec["metrics"]
+        keys = ["amax/fwd/composite", "amax/bwd/composite"] + [k for k in m if k.startswith("vanished/")] + ["grad_std"]
+        print(f"{run_dir} ({rec['residual_mode']}): " + ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""evals.compare on synthetic run directories whose numbers are known."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from evals.compare import compare, main
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 300
+
+
+def loss_curve(seed: int, spikes=()):
+    rng = np.random.default_rng(seed)
+    loss = 6.0 - np.linspace(0, 1, STEPS) + rng.normal(0, 0.01, STEPS)
+    for s in spikes:
+        loss[s] += 2.0
+    return loss
+
+
+def write_run(root: Path, name: str, mode: str, seed: int, with_probes: bool, spikes=(), mode_in="config") -> dict:
+    """A run dir with known numbers; returns the expected per-run values."""
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = {"model": {"residual_mode": mode}, "train": {"seed": seed}, "metrics": {"spike_window": 128}}
+    if mode_in == "hf":
+        del cfg["model"]["residual_mode"]
+        (run / "hf").mkdir()
+        (run / "hf" / "config.json").write_text(json.dumps({"residual_mode": mode}))
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    loss = loss_curve(seed, spikes)
+    tps = 1000.0 + 10 * seed + np.arange(STEPS) % 7
+    amax_f = {50: 2.0 + seed, 100: 5.0 + seed, 150: 3.0, 200: 4.0, 250: 1.5, 300: 1.2}
+    vanished = [0.5 + 0.01 * seed, 0.2, 0.1, 0.05]
+    lines = []
+    for i in range(STEPS):
+        step = i + 1
+        rec = {"step": step, "loss": float(loss[i]), "lr": 1e-3, "grad_norm": 1.0 + 0.01 * (i % 3),
+               "tokens_per_s": float(tps[i]), "tokens": step * 1024}
+        if with_probes:
+            rec["spike/loss_count"] = float(2 + seed if step > 200 else 0)
+            rec["spike/loss_score"] = float(1.5 if step > 200 else 0)
+            rec["spike/grad_norm_count"] = 1.0
+            if step in amax_f:
+                rec.update({"amax/fwd/composite": amax_f[step], "amax/bwd/composite": 2 * amax_f[step],
+                            "grad_std": 1e-3 * (1 + seed)})
+                rec.update({f"vanished/{e}": v * (step / 300) for e, v in zip(["1e-04", "1e-05", "1e-06", "1e-07"], vanished)})
+        lines.append(rec)
+        if step % 100 == 0:
+            lines.append({"step": step, "val_loss": 5.0 + seed * 0.1 + 100.0 / step})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    expected = {"final_train_loss": float(loss[-10:].mean()), "final_val_loss": 5.0 + seed * 0.1 + 100.0 / 300,
+                "tokens_per_s": float(np.median(tps))}
+    if with_probes:
+        expected.update(loss_spikes=2 + seed, spike_score=1.5, grad_norm_spikes=1.0, max_amax_fwd=5.0 + seed,
+                        max_amax_bwd=2 * (5.0 + seed), grad_std=1e-3 * (1 + seed))
+        expected.update({f"vanished/{e}": v for e, v in zip(["1e-04", "1e-05", "1e-06", "1e-07"], vanished)})
+    else:
+        expected.update(loss_spikes=len(spikes), grad_norm_spikes=0.0, spike_score=100 * len(spikes) / (STEPS - 32))
+    return expected
+
+
+@pytest.fixture
+def runs(tmp_path):
+    exp = {
+        ("mhc", 0): write_run(tmp_path, "mhc_s0", "mhc", 0, True),
+        ("mhc", 1): write_run(tmp_path, "mhc_s1", "mhc", 1, True),
+        ("standard", 0): write_run(tmp_path, "std_s0", "standard", 0, False, spikes=(150, 260)),
+        ("standard", 1): write_run(tmp_path, "std_s1", "standard", 1, False, spikes=(150, 260), mode_in="hf"),
+    }
+    return tmp_path, exp
+
+
+def test_summary_matches_logs(runs):
+    root, exp = runs
+    out = root / "report"
+    summary = compare(sorted(p for p in root.iterdir() if p.is_dir()), out)
+    assert list(summary) == ["standard", "mhc"]  # grouped and ordered by mode
+    for (mode, seed), values in exp.items():
+        row = summary[mode]
+        assert row["seeds"] == [0, 1]
+        for key, value in values.items():
+            assert row[key]["values"][seed] == pytest.approx(value, rel=1e-9), (mode, seed, key)
+    mean = summary["mhc"]["max_amax_fwd"]
+    assert mean["mean"] == pytest.approx(5.5) and mean["std"] == pytest.approx(0.5)
+    assert np.isnan(summary["standard"]["max_amax_fwd"]["mean"])  # not logged, no stability.json
+
+
+def test_report_table_and_plots(runs):
+    root, exp = runs
+    out = root / "report"
+    assert main([str(p) for p in sorted(root.iterdir()) if p.is_dir()] + ["--out", str(out)]) == 0
+    for name in ("loss", "grad_norm", "spikes", "amax", "vanished"):
+        assert (out / f"{name}.png").stat().st_size > 5000, name
+    md = (out / "report.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| mode")]
+    assert [r.split("|")[1].strip() for r in rows] == ["standard", "mhc"]  # one row per mode
+    header = [h.strip() for h in md.splitlines()[4].split("|")[1:-1]]
+    cells = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[1:-1]] for r in rows}
+
+    def col(mode, name):
+        return cells[mode][header.index(name)]
+
+    def mean_std(key, mode, scale=1.0):
+        vals = np.array([exp[(mode, s)][key] for s in (0, 1)]) * scale
+        return vals.mean(), vals.std()
+
+    m, s = mean_std("final_train_loss", "mhc")
+    assert col("mhc", "final train loss") == f"{m:.4f} ± {s:.4f}"
+    m, s = mean_std("final_val_loss", "standard")
+    assert col("standard", "final val loss") == f"{m:.4f} ± {s:.4f}"
+    assert col("standard", "loss spikes") == "2.0 ± 0.0"  # the two planted spikes, recomputed from the loss
+    assert col("mhc", "loss spikes") == "2.5 ± 0.5"  # logged counts 2 and 3
+    assert col("mhc", "max Amax fwd") == "5.5 ± 0.5" and col("mhc", "max Amax bwd") == "11 ± 1"
+    m, s = mean_std("vanished/1e-04", "mhc", 100)
+    assert col("mhc", "vanished 1e-04 %") == f"{m:.3f} ± {s:.3f}"
+    assert col("standard", "max Amax fwd") == "n/a"
+    m, s = mean_std("tokens_per_s", "mhc")
+    assert col("mhc", "tokens/s") == f"{m:.0f} ± {s:.0f}"
+    page = (out / "report.html").read_text()
+    assert page.count("<tr>") == 3 and "amax.png" in page
+    assert json.loads((out / "summary.json").read_text())["mhc"]["seeds"] == [0, 1]
+
+
+def test_offline_stability_json_fills_missing_probes(runs):
+    root, _ = runs
+    (root / "std_s0" / "stability.json").write_text(json.dumps({"metrics": {"amax/fwd/composite": 1.0,
+                                                                            "vanished/1e-04": 0.25}}))
+    summary = compare([root / "std_s0"], root / "r")
+    assert summary["standard"]["max_amax_fwd"]["mean"] == 1.0
+    assert summary["standard"]["vanished/1e-04"]["mean"] == 0.25
+
+
+def test_bad_inputs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+        compare([tmp_path / "empty"], tmp_path / "out")
+    (tmp_path / "nomode").mkdir()
+    (tmp_path / "nomode" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')  # cut line
+    with pytest.raises(SystemExit, match="residual mode unknown"):
+        compare([tmp_path / "nomode"], tmp_path / "out")
+
+
+QUICKSTART = REPO / "runs" / "quickstart"
+
+
+@pytest.mark.skipif(not all((QUICKSTART / m / "metrics.jsonl").is_file() for m in ("standard", "hc", "mhc", "grid")),
+                    reason="run `python launch/quickstart.py` first")
+def test_quickstart_runs(tmp_path):
+    summary = compare([QUICKSTART / m for m in ("standard", "hc", "mhc", "grid")], tmp_path)
+    assert list(summary) == ["standard", "hc", "mhc", "grid"]
+    for m, row in summary.items():
+        last = [json.loads(ln) for ln in (QUICKSTART / m / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        vals = [r["val_loss"] for r in last if "val_loss" in r]
+        assert row["final_val_loss"]["mean"] == vals[-1]
+    assert all((tmp_path / f"{n}.png").stat().st_size > 5000 for n in ("loss", "grad_norm", "spikes"))
