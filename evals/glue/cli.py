@@ -21,7 +21,7 @@ from mhc_lm.config_utils import ConfigError
 
 from .config import DEFAULT_CONFIG, config_dict, load_glue_config
 from .data import GlueDataError
-from .model_io import ModelDirError, load_causal_lm, load_tokenizer, model_info, resolve_model_dir
+from .model_io import ModelDirError
 from .report import compare, write_json_atomic, write_run_report, write_text_atomic
 from .tasks import parse_tasks
 
@@ -56,6 +56,8 @@ def _is_done(path: Path, protocol: str, model_path: str) -> bool:
 
 
 def run(args) -> str:
+    from .model_io import load_causal_lm, load_tokenizer, model_info, resolve_model_dir
+
     overrides = list(args.overrides)
     if args.seeds:
         overrides.append(f"seeds=[{args.seeds}]")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from .tasks import HUB_PATH, TaskSpec, tsv_split_file
+
+if TYPE_CHECKING:
+    import datasets
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # some QQP/MNLI fields are long
 
@@ -83,8 +85,10 @@ def _parse_label(spec: TaskSpec, raw: str, where: str) -> int | float | None:
     return label
 
 
-def read_glue_tsv(path: Path, spec: TaskSpec) -> datasets.Dataset:
+def read_glue_tsv(path: Path, spec: TaskSpec) -> "datasets.Dataset":
     """One split of the original GLUE download (tab-separated, no quoting)."""
+    import datasets
+
     path = Path(path)
     with path.open(encoding="utf-8-sig", newline="") as f:  # MRPC files start with a BOM
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -130,7 +134,7 @@ def read_glue_tsv(path: Path, spec: TaskSpec) -> datasets.Dataset:
     return datasets.Dataset.from_dict(out, features=features)
 
 
-def _check_columns(ds: datasets.Dataset, spec: TaskSpec, source: str) -> datasets.Dataset:
+def _check_columns(ds: "datasets.Dataset", spec: TaskSpec, source: str) -> datasets.Dataset:
     needed = [*spec.text_columns, "label"]
     missing = [c for c in needed if c not in ds.column_names]
     if missing:
@@ -139,7 +143,9 @@ def _check_columns(ds: datasets.Dataset, spec: TaskSpec, source: str) -> dataset
     return ds.select_columns(needed)
 
 
-def load_local_split(data_dir: Path, spec: TaskSpec, split: str) -> datasets.Dataset:
+def load_local_split(data_dir: Path, spec: TaskSpec, split: str) -> "datasets.Dataset":
+    import datasets
+
     path = split_file(task_dir(data_dir, spec), spec, split)
     if path.suffix == ".tsv":
         return read_glue_tsv(path, spec)
@@ -149,7 +155,9 @@ def load_local_split(data_dir: Path, spec: TaskSpec, split: str) -> datasets.Dat
     return _check_columns(ds, spec, str(path))
 
 
-def load_hub_split(spec: TaskSpec, split: str) -> datasets.Dataset:
+def load_hub_split(spec: TaskSpec, split: str) -> "datasets.Dataset":
+    import datasets
+
     try:
         ds = datasets.load_dataset(HUB_PATH, spec.name, split=split)
     except Exception as err:  # offline, no cache, or a Hub error: say what to do instead
@@ -160,7 +168,7 @@ def load_hub_split(spec: TaskSpec, split: str) -> datasets.Dataset:
 
 
 def load_split(spec: TaskSpec, split: str, data_dir: Path | None = None,
-               limit: int | None = None) -> datasets.Dataset:
+               limit: int | None = None) -> "datasets.Dataset":
     """One split (Hub name: train, validation, validation_matched, ...), first `limit` rows."""
     ds = load_local_split(Path(data_dir), spec, split) if data_dir is not None else load_hub_split(spec, split)
     if limit is not None and limit < len(ds):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
 
 class ModelDirError(ValueError):
     """The --model path is not a loadable model; the message names the fix."""
@@ -40,6 +38,8 @@ def model_info(model_dir: Path) -> dict:
 
 def load_tokenizer(model_dir: Path):
     """The folder's tokenizer, with a pad token (EOS when the tokenizer defines none)."""
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     except (OSError, ValueError) as err:
@@ -54,6 +54,7 @@ def load_tokenizer(model_dir: Path):
 
 def load_classifier(model_dir: Path, num_labels: int, pad_token_id: int):
     """Sequence classifier from the (causal-LM) weights; the new `score` head is initialised fresh."""
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -71,4 +72,6 @@ def load_classifier(model_dir: Path, num_labels: int, pad_token_id: int):
 
 
 def load_causal_lm(model_dir: Path):
+    from transformers import AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)

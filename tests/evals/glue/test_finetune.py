@@ -69,7 +69,8 @@ def test_early_stopping_on_a_flat_dev_score(tiny_models, fixtures_dir, accelerat
 def test_same_seed_same_run_other_seed_other_run(tiny_models, fixtures_dir, accelerator):
     model_dir = resolve_model_dir(tiny_models["hc"])
     tok = load_tokenizer(model_dir)
-    hp = FinetuneConfig(learning_rate=1e-3, batch_size=4, max_steps=4, eval_every=2)
+    hp = FinetuneConfig(learning_rate=1e-3, batch_size=4, max_steps=2, eval_every=1, max_seq_len=24,
+                        max_eval_samples=3)
     a, b, c = (finetune_task_seed(get_task("cola"), model_dir, tok, hp, s, accelerator, fixtures_dir, False)
                for s in (0, 0, 1))
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
@@ -92,11 +93,11 @@ def test_stsb_is_regression(tiny_models, fixtures_dir, tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 def test_finetune_every_mode(mode, tiny_models, fixtures_dir, accelerator):
     model_dir = resolve_model_dir(tiny_models[mode])
-    hp = FinetuneConfig(learning_rate=1e-3, batch_size=4, max_steps=2)
+    hp = FinetuneConfig(learning_rate=1e-3, batch_size=2, max_steps=2, max_seq_len=24, max_eval_samples=2)
     run = finetune_task_seed(get_task("mnli"), model_dir, load_tokenizer(model_dir), hp, 0, accelerator,
                              fixtures_dir, progress=False)
     assert set(run["metrics"]) == {"accuracy_m", "accuracy_mm"} and run["steps"] == 2
-    assert run["n_dev"] == {"validation_matched": 3, "validation_mismatched": 4}
+    assert run["n_dev"] == {"validation_matched": 2, "validation_mismatched": 2}
 
 
 def test_encode_example_truncates_the_longer_text(glue_tokenizer):
