@@ -1,6 +1,7 @@
 """evals.compare on synthetic run directories whose numbers are known."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,51 @@ def test_quickstart_runs(tmp_path):
         vals = [r["val_loss"] for r in last if "val_loss" in r]
         assert row["final_val_loss"]["mean"] == vals[-1]
     assert all((tmp_path / f"{n}.png").stat().st_size > 5000 for n in ("loss", "grad_norm", "spikes"))
+
+
+# ---------------------------------------------------------------- launch/sweep.py
+FAKE_PRETRAIN = '''
+import json, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+run = Path(args["run_dir"]); run.mkdir(parents=True, exist_ok=True)
+seed, mode = int(args["train.seed"]), args["model.residual_mode"]
+(run / "config.yaml").write_text(f"model:\\n  residual_mode: {mode}\\ntrain:\\n  seed: {seed}\\n")
+lines = [{"step": s, "loss": 5.0 + seed + 0.001 * (s % 2), "grad_norm": 1.0, "tokens_per_s": 100.0} for s in range(1, 41)]
+lines.append({"step": 40, "val_loss": 4.0 + seed})
+(run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in lines))
+'''
+
+
+def sweep(*args):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep", REPO / "launch" / "sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main([str(a) for a in args])
+
+
+def test_sweep_print_only(tmp_path, capsys):
+    assert sweep("--config", "configs/tiny_cpu.yaml", "--modes", "standard,mhc", "--seeds", "2", "--out", tmp_path,
+                 "--print-only", "--launcher", "accelerate launch --num_processes 8", "train.max_steps=10") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and all(ln.startswith("accelerate launch --num_processes 8 ") for ln in lines[:4])
+    assert "model.residual_mode=mhc train.seed=1 run_dir=" + str(tmp_path / "mhc_seed1") in lines[3]
+    assert lines[3].endswith("train.max_steps=10") and "compare.py" in lines[4]
+    with pytest.raises(SystemExit, match="not in"):
+        sweep("--config", "configs/tiny_cpu.yaml", "--modes", "standard,resnet", "--print-only")
+
+
+def test_sweep_runs_every_mode_and_seed_then_compares(tmp_path):
+    fake = tmp_path / "fake_pretrain.py"
+    fake.write_text(FAKE_PRETRAIN)
+    out = tmp_path / "sweep"
+    launcher = f"{sys.executable} {fake}"
+    assert sweep("--config", "configs/tiny_cpu.yaml", "--modes", "hc,grid", "--seeds", "2", "--out", out,
+                 "--launcher", launcher) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert list(summary) == ["hc", "grid"] and summary["hc"]["seeds"] == [0, 1]
+    assert summary["grid"]["final_val_loss"]["mean"] == pytest.approx(4.5)
+    with pytest.raises(SystemExit, match="config error"):
+        sweep("--config", "configs/tiny_cpu.yaml", "--out", out, "--launcher", launcher, "train.max_stepz=3")

@@ -1,0 +1,124 @@
+"""Sweep residual mode x seed on the same data, then compare.
+
+    python launch/sweep.py --config configs/tiny_cpu.yaml --modes standard,hc,mhc,grid --seeds 3
+    python launch/sweep.py --config configs/mhc_1b.yaml --seeds 3 --print-only \\
+        --launcher "accelerate launch --config_file configs/accelerate/deepspeed_zero2_8gpu.yaml"
+    python launch/sweep.py --config configs/depth_study.yaml --modes standard,grid --seeds 1 --out runs/depth_study
+
+Each run is `launch/pretrain.py --config CONFIG model.residual_mode=MODE train.seed=SEED
+run_dir=OUT/MODE_seedSEED [overrides...]`, run one after another (a finished run is reused, an
+interrupted one resumed: pretrain.py resumes from run_dir). The data preparation is shared (same
+`data` section for every run). Afterwards `python evals/compare.py OUT/* --out OUT/report` (= `python -m evals.compare`).
+--print-only prints the commands (one per line, for a cluster scheduler) and the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODES = ("standard", "hc", "mhc", "grid")
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise SystemExit(f"--modes: {bad or text!r} not in {list(MODES)} (comma-separated, e.g. standard,mhc)")
+    return modes
+
+
+def run_name(mode: str, seed: int) -> str:
+    return f"{mode}_seed{seed}"
+
+
+def build_commands(config: str, modes: list[str], seeds: list[int], out: Path, overrides: list[str],
+                   launcher: str | None) -> list[tuple[Path, list[str]]]:
+    """[(run_dir, argv)] for every mode x seed (mode-major order)."""
+    prefix = shlex.split(launcher) if launcher else [sys.executable]
+    cmds = []
+    for mode in modes:
+        for seed in seeds:
+            run_dir = out / run_name(mode, seed)
+            argv = prefix + [str(REPO / "launch" / "pretrain.py"), "--config", config,
+                             f"model.residual_mode={mode}", f"train.seed={seed}", f"run_dir={run_dir}", *overrides]
+            cmds.append((run_dir, argv))
+    return cmds
+
+
+def check_config(config: str, overrides: list[str]) -> None:
+    """Fail before any run on a bad config or override (names the key, via the trainer's loader)."""
+    from mhc_lm.config_utils import ConfigError
+    from mhc_lm.train.config import load_run_config
+
+    try:
+        load_run_config(config, ["model.residual_mode=standard", "train.seed=0", *overrides])
+    except (ConfigError, FileNotFoundError) as err:
+        raise SystemExit(f"config error: {err}") from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="run config YAML shared by every run")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated residual modes")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per mode (see --seed-offset)")
+    parser.add_argument("--seed-offset", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="sweep folder (default runs/sweep_<config stem>)")
+    parser.add_argument("--launcher", default=None,
+                        help='command prefix, e.g. "accelerate launch --config_file X" (default: this python)')
+    parser.add_argument("--print-only", action="store_true", help="print the commands instead of running them")
+    parser.add_argument("--keep-going", action="store_true", help="continue with the next run when one fails")
+    parser.add_argument("--no-compare", action="store_true")
+    parser.add_argument("--probe", action="store_true", help="pass --probe to evals.compare (offline probe of hf/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.max_steps=200")
+    args = parser.parse_args(argv)
+    modes = parse_modes(args.modes)
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    out = args.out or Path("runs") / f"sweep_{Path(args.config).stem}"
+    cmds = build_commands(args.config, modes, seeds, out, args.overrides, args.launcher)
+    compare_cmd = [sys.executable, str(REPO / "evals" / "compare.py"), *[str(d) for d, _ in cmds],
+                   "--out", str(out / "report")]
+    compare_cmd += ["--probe"] if args.probe else []
+
+    if args.print_only:
+        for _, argv_ in cmds:
+            print(shlex.join(argv_))
+        print(shlex.join(compare_cmd))
+        return 0
+
+    check_config(args.config, args.overrides)
+    failed = []
+    for i, (run_dir, argv_) in enumerate(cmds, 1):
+        print(f"[sweep] {i}/{len(cmds)} {run_dir.name}: {shlex.join(argv_)}", flush=True)
+        t0 = time.time()
+        rc = subprocess.call(argv_)
+        print(f"[sweep] {run_dir.name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+        if rc != 0:
+            failed.append((run_dir, rc))
+            if rc == 2 or not args.keep_going:  # 2 = config error: every other run would fail the same way
+                print(f"[sweep] stopping: {run_dir} failed (exit {rc}); rerun resumes finished/interrupted runs",
+                      file=sys.stderr)
+                return 1
+    if not args.no_compare:
+        done = [str(d) for d, _ in cmds if (d / "metrics.jsonl").is_file()]
+        if done:
+            rc = subprocess.call(compare_cmd[:2] + done + compare_cmd[2 + len(cmds):])
+            if rc != 0:
+                return rc
+    if failed:
+        print("[sweep] failed runs: " + ", ".join(f"{d} (exit {rc})" for d, rc in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
