@@ -70,9 +70,11 @@ def run(args) -> str:
     progress = not args.no_progress
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
 
+    import torch
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # cpu=True without CUDA: several CPU processes then talk over gloo (see ENVIRONMENT.md)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     tokenizer = load_tokenizer(model_dir)
     lm = None
     for spec in specs:

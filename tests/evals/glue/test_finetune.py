@@ -111,3 +111,15 @@ def test_encode_example_truncates_the_longer_text(glue_tokenizer):
     assert ids[:len(b_ids) + 1] == glue_tokenizer.encode(a)[:len(b_ids) + 1]  # the long one lost its end
     full = encode_example(glue_tokenizer, [b], max_len=64)
     assert full == glue_tokenizer.encode(b) + [eos]
+
+
+@pytest.mark.gpu
+def test_finetune_bf16_on_gpu(tiny_models, fixtures_dir, tmp_path):
+    out = tmp_path / "gpu"
+    rc = main(["--model", str(tiny_models["mhc"]), "--tasks", "rte,stsb", "--data-dir", str(fixtures_dir),
+               "--out", str(out), "--no-progress", "mixed_precision=bf16", "finetune.max_steps=3",
+               "finetune.batch_size=4"])
+    assert rc == 0
+    for task in ("rte", "stsb"):
+        res = json.loads((out / f"{task}.json").read_text())
+        assert all(math.isfinite(h["train_loss"]) for h in res["per_seed"][0]["history"])
