@@ -117,6 +117,11 @@ class ProbeCallback:
         if self.config.probe_every % log_every and trainer.accelerator.is_main_process:
             warnings.warn(f"metrics.probe_every={self.config.probe_every} is not a multiple of logging.log_every="
                           f"{log_every}: probes on unlogged steps are lost", stacklevel=2)
+        writer = getattr(trainer, "writer", None)
+        if getattr(trainer, "step", 0) == 0 and self.config.probe_at_init and self.due(trainer, 0) and writer:
+            metrics = self.probe(trainer)  # the model at init: a line {"step": 0, probe values...}
+            if trainer.accelerator.is_main_process:
+                writer.write({"step": 0, **metrics})
 
     def due(self, trainer, step: int) -> bool:
         every = self.config.probe_every
@@ -124,8 +129,10 @@ class ProbeCallback:
             step % every == 0 or step == trainer.config.train.max_steps)
 
     def on_step_end(self, trainer, step: int, logs: dict) -> None:
-        if not self.due(trainer, step):
-            return
+        if self.due(trainer, step):
+            logs.update(self.probe(trainer))
+
+    def probe(self, trainer) -> dict[str, float]:
         acc = trainer.accelerator
         reduce = (lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None
         model = trainer.unwrapped_model
@@ -133,7 +140,7 @@ class ProbeCallback:
             metrics = probe_model(model, trainer.probe_batch, eps=self.config.vanished_eps,
                                   exclude=self.config.vanished_exclude, amax=self.config.probe_amax,
                                   gradients=self.gradients, reduce_counts=reduce)
-        logs.update(metrics)
+        return metrics
 
     def on_train_end(self, trainer) -> None:
         pass

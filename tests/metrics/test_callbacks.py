@@ -43,6 +43,8 @@ def test_probes_logged_and_training_unchanged(tmp_path):
     assert "loss_volatility" in train_on[-1]
     probed = [r["step"] for r in train_on if "vanished/1e-04" in r]
     assert probed == [4, 6]  # every probe_every steps and at the last step
+    init = [r for r in on if r["step"] == 0]  # probe of the model at init: its own line, no training keys
+    assert len(init) == 1 and "vanished/1e-04" in init[0] and "loss" not in init[0]
     last = train_on[-1]
     assert {"amax/fwd/layer_00", "amax/bwd/layer_01", "amax/fwd/composite", "grad_std",
             "rms/act/layer_01", "rms/grad/layer_00"} <= last.keys()
