@@ -178,14 +178,15 @@ def bench_e2e(model_kw: dict, batch: int, seq: int, steps: int, device, fused: b
     variants = [("standard", False), ("hc", fused), ("mhc", fused)]
     if fused:
         variants += [("hc", False), ("mhc", False)]
-    runs = {}
-    for mode, use_fused in variants:
+
+    def build(key):
+        mode, use_fused = key
         torch.manual_seed(0)
         model = MhcLmForCausalLM(MhcLmConfig(**{**model_kw, "residual_mode": mode, "fused_kernels": use_fused})).to(device)
-        runs[(mode, use_fused)] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda"))
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
-    def step(key):
-        model, opt = runs[key]
+    def step(run):
+        model, opt = run
         ids = torch.randint(3, model.config.vocab_size, (batch, seq + 1), device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             loss = model(input_ids=ids[:, :-1], shift_labels=ids[:, 1:]).loss
@@ -193,21 +194,32 @@ def bench_e2e(model_kw: dict, batch: int, seq: int, steps: int, device, fused: b
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def sync():
+    def timed_step(run) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(run)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
 
-    times = {key: [] for key in runs}
-    for key in runs:  # warm-up (allocator, autotuning, kernel compilation)
-        step(key), step(key)
-    for _ in range(steps):
-        for key in runs:  # round-robin: a load change on a shared machine hits every variant alike
-            sync()
-            t0 = time.perf_counter()
-            step(key)
-            sync()
-            times[key].append((time.perf_counter() - t0) * 1e3)
-        progress.update()
+    times = {key: [] for key in variants}
+    if device.type == "cuda":  # one model at a time (five 1B models + AdamW would not fit), warm-up first
+        for key in variants:
+            run = build(key)
+            step(run), step(run)
+            times[key] = [timed_step(run) for _ in range(steps)]
+            del run
+            torch.cuda.empty_cache()
+            progress.update(steps // len(variants))
+    else:  # round-robin: a load change on a shared machine hits every variant alike
+        runs = {key: build(key) for key in variants}
+        for run in runs.values():
+            step(run), step(run)
+        for _ in range(steps):
+            for key, run in runs.items():
+                times[key].append(timed_step(run))
+            progress.update()
     base = statistics.median(times[("standard", False)])
     rows = []
     for (mode, use_fused), ts in times.items():
@@ -242,10 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-layers", type=int, default=None, help="layers of the end-to-end model (GPU: 1B preset's 20)")
     parser.add_argument("--e2e-steps", type=int, default=None)
     parser.add_argument("--skip-e2e", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 gives steadier numbers on a shared machine)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 1: steady numbers on a shared machine)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.device == "cpu" or args.threads:
+        torch.set_num_threads(args.threads or 1)
 
     import yaml
     from tqdm.auto import tqdm
