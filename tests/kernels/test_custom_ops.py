@@ -106,3 +106,19 @@ def test_all_kernels_on_cuda():
     proc = subprocess.run([sys.executable, str(REPO / "tests/kernels/cases.py"), "cuda"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
+
+
+def test_without_triton_import_fails_and_dispatch_falls_back():
+    code = (
+        "import sys, torch; sys.modules['triton'] = None\n"
+        "try:\n    import mhc_lm.kernels\nexcept ImportError as e:\n    assert 'needs Triton' in str(e), e\n"
+        "else:\n    raise SystemExit('imported without triton')\n"
+        "from mhc_lm.model import stream_ops\n"
+        "sk = sys.modules['mhc_lm.model.sinkhorn']\n"
+        "assert stream_ops.dispatch('post_res', True, torch.device('cuda')) is stream_ops.post_res_reference\n"
+        "assert sk._fused_sinkhorn() is None\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
