@@ -24,10 +24,9 @@ from .model_io import load_classifier
 from .tasks import TaskSpec
 
 
-def encode_example(tokenizer, texts: list[str], max_len: int) -> list[int]:
+def join_and_truncate(parts: list[list[int]], eos: int, max_len: int) -> list[int]:
     """text_a [eos] (text_b [eos]); the longer text is cut first so the whole fits max_len."""
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    parts = [tokenizer.encode(t, add_special_tokens=(i == 0)) for i, t in enumerate(texts)]
+    parts = [list(p) for p in parts]
     budget = max_len - len(parts)  # one eos after each text
     while sum(map(len, parts)) > budget:
         longest = max(range(len(parts)), key=lambda i: len(parts[i]))
@@ -38,11 +37,26 @@ def encode_example(tokenizer, texts: list[str], max_len: int) -> list[int]:
     return ids
 
 
-def encode_split(tokenizer, spec: TaskSpec, ds, max_len: int) -> list[dict]:
-    cols = [ds[c] for c in spec.text_columns]
-    labels = ds["label"]
-    return [{"input_ids": encode_example(tokenizer, [c[i] for c in cols], max_len), "label": labels[i]}
-            for i in range(len(ds))]
+def _eos(tokenizer) -> int:
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+
+
+def encode_example(tokenizer, texts: list[str], max_len: int) -> list[int]:
+    """One example: the first text with the tokenizer's own special tokens, then the second."""
+    parts = [tokenizer.encode(t, add_special_tokens=(i == 0)) for i, t in enumerate(texts)]
+    return join_and_truncate(parts, _eos(tokenizer), max_len)
+
+
+def encode_split(tokenizer, spec: TaskSpec, ds, max_len: int, chunk: int = 10_000) -> list[dict]:
+    """All examples of a split; batched tokenisation (fast tokenizers encode in parallel)."""
+    eos, labels, out = _eos(tokenizer), ds["label"], []
+    columns = [ds[c] for c in spec.text_columns]
+    for start in range(0, len(ds), chunk):
+        encoded = [tokenizer([t for t in col[start:start + chunk]], add_special_tokens=(i == 0))["input_ids"]
+                   for i, col in enumerate(columns)]
+        for j, parts in enumerate(zip(*encoded)):
+            out.append({"input_ids": join_and_truncate(parts, eos, max_len), "label": labels[start + j]})
+    return out
 
 
 def make_collate(pad_token_id: int, regression: bool):

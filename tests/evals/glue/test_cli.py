@@ -84,3 +84,20 @@ def test_finished_tasks_are_skipped_unless_overwrite(tiny_models, fixtures_dir, 
     again = json.loads((tmp_path / "o" / "wnli.json").read_text())
     assert again["samples"] == first["samples"]  # deterministic scoring
     assert not list((tmp_path / "o").glob(".*tmp"))  # atomic writes leave no temp files
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_finetune(tiny_models, fixtures_dir, tmp_path):
+    """Data-parallel fine-tuning through `accelerate launch` (gloo on CPU): the whole dev set, once."""
+    out = tmp_path / "ddp"
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "evals.glue",
+           "--model", str(tiny_models["mhc"]), "--tasks", "rte,mnli", "--data-dir", str(fixtures_dir),
+           "--out", str(out), "--no-progress", "finetune.max_steps=4", "finetune.eval_every=2",
+           "finetune.batch_size=4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rte = json.loads((out / "rte.json").read_text())
+    assert rte["n_dev"] == {"validation": 4} and [h["step"] for h in rte["per_seed"][0]["history"]] == [2, 4]
+    mnli = json.loads((out / "mnli.json").read_text())
+    assert mnli["n_dev"] == {"validation_matched": 3, "validation_mismatched": 4}

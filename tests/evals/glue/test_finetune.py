@@ -123,3 +123,14 @@ def test_finetune_bf16_on_gpu(tiny_models, fixtures_dir, tmp_path):
     for task in ("rte", "stsb"):
         res = json.loads((out / f"{task}.json").read_text())
         assert all(math.isfinite(h["train_loss"]) for h in res["per_seed"][0]["history"])
+
+
+def test_batched_split_encoding_equals_one_by_one(glue_tokenizer, fixtures_dir):
+    from evals.glue.data import load_split
+    from evals.glue.finetune import encode_split
+
+    spec = get_task("mrpc")
+    ds = load_split(spec, "train", fixtures_dir)
+    batched = encode_split(glue_tokenizer, spec, ds, max_len=40, chunk=4)
+    single = [encode_example(glue_tokenizer, [r["sentence1"], r["sentence2"]], 40) for r in ds]
+    assert [b["input_ids"] for b in batched] == single and [b["label"] for b in batched] == ds["label"]
