@@ -145,19 +145,40 @@ def test_bad_inputs(tmp_path):
         compare([tmp_path / "nomode"], tmp_path / "out")
 
 
-QUICKSTART = REPO / "runs" / "quickstart"
+@pytest.fixture(scope="module")
+def quickstart_runs(tmp_path_factory):
+    """The real quickstart (launch/quickstart.py), all four modes, shortened to 12 steps."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quickstart", REPO / "launch" / "quickstart.py")
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    out = tmp_path_factory.mktemp("quickstart")
+    assert quickstart.main(["logging.progress_bar=false", "train.eval_batches=1", "metrics.probe_every=6",
+                            "--out", str(out), "--steps", "12"]) == 0
+    return out
 
 
-@pytest.mark.skipif(not all((QUICKSTART / m / "metrics.jsonl").is_file() for m in ("standard", "hc", "mhc", "grid")),
-                    reason="run `python launch/quickstart.py` first")
-def test_quickstart_runs(tmp_path):
-    summary = compare([QUICKSTART / m for m in ("standard", "hc", "mhc", "grid")], tmp_path)
-    assert list(summary) == ["standard", "hc", "mhc", "grid"]
+def test_quickstart_runs(quickstart_runs, tmp_path):
+    modes = ("standard", "hc", "mhc", "grid")
+    summary = compare([quickstart_runs / m for m in modes], tmp_path)
+    assert list(summary) == list(modes)
     for m, row in summary.items():
-        last = [json.loads(ln) for ln in (QUICKSTART / m / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-        vals = [r["val_loss"] for r in last if "val_loss" in r]
-        assert row["final_val_loss"]["mean"] == vals[-1]
-    assert all((tmp_path / f"{n}.png").stat().st_size > 5000 for n in ("loss", "grad_norm", "spikes"))
+        records = [json.loads(ln) for ln in (quickstart_runs / m / "metrics.jsonl").read_text().splitlines()
+                   if ln.strip()]
+        train = [r for r in records if "loss" in r]
+        assert row["final_train_loss"]["mean"] == pytest.approx(np.mean([r["loss"] for r in train[-10:]]))
+        assert row["final_val_loss"]["mean"] == [r["val_loss"] for r in records if "val_loss" in r][-1]
+        assert row["tokens_per_s"]["mean"] == pytest.approx(np.median([r["tokens_per_s"] for r in train]))
+        assert row["loss_spikes"]["mean"] == train[-1]["spike/loss_count"]
+        amax = [r["amax/fwd/composite"] for r in records if "amax/fwd/composite" in r]
+        if m in ("hc", "mhc"):
+            assert len(amax) >= 2 and row["max_amax_fwd"]["mean"] == pytest.approx(max(amax))
+        vanished = [r["vanished/1e-04"] for r in records if "vanished/1e-04" in r]
+        assert row["vanished/1e-04"]["mean"] == pytest.approx(vanished[-1])
+    table = [ln for ln in (tmp_path / "report.md").read_text().splitlines() if ln.startswith("| ")]
+    assert [ln.split(" | ")[0][2:] for ln in table[1:]] == list(modes)  # header + one row per mode
+    assert all((tmp_path / f"{n}.png").stat().st_size > 5000 for n in ("loss", "grad_norm", "spikes", "amax"))
 
 
 # ---------------------------------------------------------------- launch/sweep.py

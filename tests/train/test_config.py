@@ -74,6 +74,17 @@ def test_bad_override_names_the_key(override, names):
         assert name in str(err.value)
 
 
+def test_float_fields_accept_yaml11_exponents(tmp_path):
+    # PyYAML (YAML 1.1) reads `3e-4` as the string "3e-4"; a float field must still take it.
+    cfg_file = tmp_path / "lr.yaml"
+    cfg_file.write_text("optim:\n  lr: 3e-4\n")
+    assert load_run_config(cfg_file).optim.lr == pytest.approx(3e-4)
+    cfg = load_run_config(REPO / "configs/tiny_cpu.yaml", ["optim.lr=2e-3"])
+    assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == pytest.approx(2e-3)
+    with pytest.raises(ConfigError, match=r"optim\.lr.*number"):
+        load_run_config(REPO / "configs/tiny_cpu.yaml", ["optim.lr=fast"])
+
+
 def test_typo_in_file_and_in_preset(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  max_step: 3\n")
