@@ -8,14 +8,16 @@ listed in docs/stability.md.
 """
 
 from .amax import amax_gain, composite, gain_summary, inf_norm, mixing_amax_metrics
-from .callbacks import ProbeCallback, StabilityCallback, build_callbacks
+from .callbacks import ProbeCallback, StabilityCallback, UpdateRatioCallback, build_callbacks
 from .config import MetricsConfig
 from .probe import probe_model
 from .spikes import SpikeDetector, VolatilityTracker, detect_spikes, loss_volatility
+from .update import snapshot, update_ratios
 from .vanished import eps_key, vanished_counts, vanished_from_counts, vanished_ratio
 
 __all__ = [
-    "MetricsConfig", "build_callbacks", "StabilityCallback", "ProbeCallback", "probe_model",
+    "MetricsConfig", "build_callbacks", "StabilityCallback", "ProbeCallback", "UpdateRatioCallback", "probe_model",
+    "snapshot", "update_ratios",
     "SpikeDetector", "VolatilityTracker", "detect_spikes", "loss_volatility",
     "amax_gain", "inf_norm", "composite", "gain_summary", "mixing_amax_metrics",
     "vanished_ratio", "vanished_counts", "vanished_from_counts", "eps_key",

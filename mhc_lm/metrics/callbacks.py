@@ -5,6 +5,8 @@
         spike/grad_norm, spike/grad_norm_count, spike/grad_norm_score, loss_volatility
     ProbeCallback: every `probe_every` steps (and at the last step), on `trainer.probe_batch`
         amax/..., rms/act/..., rms/grad/..., vanished/..., grad_std, probe/loss
+    UpdateRatioCallback: on the same steps, the update/parameter ratio of that step's update
+        update_ratio/layer_XX, update_ratio/other, update_ratio/global
 
 No extra host sync per step (the spike rule runs on Python floats); the probe syncs once per
 probe. Both run on every rank (the probe forward may be collective under ZeRO-3 / FSDP); only
@@ -22,6 +24,7 @@ from pathlib import Path
 from .config import MetricsConfig
 from .probe import eval_mode, probe_model
 from .spikes import SpikeDetector, VolatilityTracker
+from .update import snapshot, update_ratios
 
 SPIKE_SERIES = ("loss", "grad_norm")
 
@@ -146,6 +149,40 @@ class ProbeCallback:
         pass
 
 
+class UpdateRatioCallback:
+    """||delta theta|| / ||theta|| of the optimizer step that ends on each probe step.
+
+    The parameters are copied at the end of the step before a probe step (one extra copy of the
+    trainable parameters held for one step, on their device) and compared after it. Skipped
+    when the parameters are partitioned (ZeRO-3 / FSDP: each rank holds a shard).
+    """
+
+    def __init__(self, config: MetricsConfig, probe: ProbeCallback):
+        self.config = config
+        self.probe = probe
+        self.before: dict | None = None
+        self.enabled = True
+
+    def on_train_begin(self, trainer) -> None:
+        if _partitioned(trainer):
+            self.enabled = False
+            return
+        self._maybe_snapshot(trainer, getattr(trainer, "step", 0))
+
+    def _maybe_snapshot(self, trainer, step: int) -> None:
+        self.before = snapshot(trainer.unwrapped_model) if self.probe.due(trainer, step + 1) else None
+
+    def on_step_end(self, trainer, step: int, logs: dict) -> None:
+        if not self.enabled:
+            return
+        if self.before is not None and self.probe.due(trainer, step):
+            logs.update(update_ratios(self.before, trainer.unwrapped_model))
+        self._maybe_snapshot(trainer, step)
+
+    def on_train_end(self, trainer) -> None:
+        self.before = None
+
+
 def build_callbacks(config, trainer) -> list:
     """The stability callbacks the trainer runs (config: RunConfig, or a MetricsConfig)."""
     metrics = getattr(config, "metrics", config)
@@ -155,8 +192,11 @@ def build_callbacks(config, trainer) -> list:
         return []
     callbacks: list = [StabilityCallback(metrics)]
     if metrics.probe_every > 0:
-        callbacks.append(ProbeCallback(metrics))
+        probe = ProbeCallback(metrics)
+        callbacks.append(probe)
+        if metrics.update_ratio:
+            callbacks.append(UpdateRatioCallback(metrics, probe))
     return callbacks
 
 
-__all__ = ["StabilityCallback", "ProbeCallback", "build_callbacks"]
+__all__ = ["StabilityCallback", "ProbeCallback", "UpdateRatioCallback", "build_callbacks"]

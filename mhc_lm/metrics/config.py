@@ -31,6 +31,8 @@ class MetricsConfig:
     """Also probe before the first step (a metrics.jsonl line with step 0 and only probe values)."""
     probe_gradients: bool = True
     """Backward on the probe batch: vanished ratio, gradient std and per-layer gradient RMS."""
+    update_ratio: bool = True
+    """On probe steps, log ||update|| / ||params|| of that step per decoder layer (holds one parameter copy for a step)."""
 
     def __post_init__(self) -> None:
         if self.probe_every < 0:
