@@ -23,9 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/hf")
     args = parser.parse_args(argv)
 
+    from mhc_lm.config_utils import ConfigError
     from mhc_lm.train.export import export_run_dir
 
-    out = export_run_dir(args.run_dir, args.out, args.checkpoint)
+    if not (args.run_dir / "config.yaml").is_file():
+        print(f"error: {args.run_dir} is not a run directory (no config.yaml): pass the run_dir of "
+              "launch/pretrain.py", file=sys.stderr)
+        return 2
+    try:
+        out = export_run_dir(args.run_dir, args.out, args.checkpoint)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"exported {out}")
     return 0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mhc_lm.config_utils import save_config
 from mhc_lm.train import BaseCallback, Trainer, TrainingDiverged
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.run_log import read_metrics
@@ -142,6 +143,22 @@ def test_export_loads_with_auto_model(tmp_path):
         again = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
         torch.testing.assert_close(again(ids).logits, expected)
     assert loaded.config.residual_mode == "mhc"
+
+
+def test_export_cli_errors_name_the_problem(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_hf", Path(__file__).resolve().parents[2] / "launch" / "export_hf.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main([str(tmp_path / "nope")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    cfg = tiny_config(tmp_path / "run", "standard")
+    (tmp_path / "run").mkdir()
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert cli.main([str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 2  # no checkpoint yet
+    assert "no complete checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
 
 
 def test_activation_checkpointing_keeps_the_losses(tmp_path):
