@@ -2,11 +2,18 @@
 `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads.
 
 Written to `<dir>.tmp` and renamed, so an interrupted export never leaves a half folder.
+The export of a run (`run_dir/hf`) is also published at the top of the run directory (hard
+links, so no second copy of the weights), as the Hugging Face Trainer does with its
+output_dir: `from_pretrained(run_dir, trust_remote_code=True)` and
+`AutoTokenizer.from_pretrained(run_dir)` load it too.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,6 +39,43 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
     return out_dir
 
 
+# Files of the run itself, never replaced by an exported file of the same name.
+_RUN_FILES = {"config.yaml", "meta.json", "metrics.jsonl", "DIVERGED", "stability.json", "command.txt"}
+_MANIFEST = ".hf_export_files.json"
+
+
+def publish_in_run_dir(run_dir: Path, hf_dir: Path) -> list[str]:
+    """Hard-link (or copy) every file of `hf_dir` into `run_dir`; returns the names published.
+
+    Files published by an earlier export that the new one lacks are removed (they are listed in
+    run_dir/.hf_export_files.json); files of the run itself are never touched.
+    """
+    run_dir, hf_dir = Path(run_dir), Path(hf_dir)
+    manifest = run_dir / _MANIFEST
+    previous = json.loads(manifest.read_text()) if manifest.is_file() else []
+    names = sorted(p.name for p in hf_dir.iterdir() if p.is_file())
+    published = []
+    for name in names:
+        if name in _RUN_FILES or (run_dir / name).is_dir():
+            warnings.warn(f"export: {name} not published at the top of {run_dir} (the run has its own)", stacklevel=2)
+            continue
+        tmp = run_dir / f".{name}.publish.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(hf_dir / name, tmp)
+        except OSError:  # filesystems without hard links
+            shutil.copy2(hf_dir / name, tmp)
+        os.replace(tmp, run_dir / name)
+        published.append(name)
+    for name in set(previous) - set(published):
+        if name not in _RUN_FILES and (run_dir / name).is_file():
+            (run_dir / name).unlink()
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(published) + "\n")
+    os.replace(tmp, manifest)
+    return published
+
+
 def export_from_trainer(trainer) -> Path | None:
     """Collective (ZeRO-3 / FSDP gather the full state dict); the main process writes run_dir/hf."""
     acc = trainer.accelerator
@@ -40,6 +84,7 @@ def export_from_trainer(trainer) -> Path | None:
     if acc.is_main_process:
         out = save_hf_folder(trainer.unwrapped_model, Path(trainer.run_dir) / "hf",
                              trainer.data.tokenizer, state_dict=state_dict)
+        publish_in_run_dir(trainer.run_dir, out)
     acc.wait_for_everyone()
     return out
 
@@ -87,4 +132,7 @@ def export_run_dir(run_dir: Path, out_dir: Path | None = None, checkpoint: Path 
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", trust_remote_code=True)
-    return save_hf_folder(model, Path(out_dir) if out_dir else run_dir / "hf", tokenizer)
+    out = save_hf_folder(model, Path(out_dir) if out_dir else run_dir / "hf", tokenizer)
+    if out.resolve() == (run_dir / "hf").resolve():
+        publish_in_run_dir(run_dir, out)
+    return out

@@ -142,7 +142,30 @@ def test_export_loads_with_auto_model(tmp_path):
         out = export_run_dir(tmp_path / "run", tmp_path / "hf2")  # launch/export_hf.py path
         again = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
         torch.testing.assert_close(again(ids).logits, expected)
+        # the run directory itself loads too (the export is published at its top, as HF Trainer does)
+        top = AutoModelForCausalLM.from_pretrained(tmp_path / "run", trust_remote_code=True)
+        torch.testing.assert_close(top(ids).logits, expected)
     assert loaded.config.residual_mode == "mhc"
+    assert (tmp_path / "run" / "model.safetensors").stat().st_ino == (tmp_path / "run" / "hf" / "model.safetensors").stat().st_ino
+
+
+def test_publish_in_run_dir_replaces_its_own_files_only(tmp_path):
+    from mhc_lm.train.export import publish_in_run_dir
+
+    run, hf = tmp_path / "run", tmp_path / "run" / "hf"
+    hf.mkdir(parents=True)
+    (run / "config.yaml").write_text("run config")
+    for name in ("config.json", "model.safetensors", "extra.py", "config.yaml"):
+        (hf / name).write_text(name)
+    with pytest.warns(UserWarning, match="config.yaml"):
+        assert publish_in_run_dir(run, hf) == ["config.json", "extra.py", "model.safetensors"]
+    assert (run / "config.yaml").read_text() == "run config" and (run / "extra.py").read_text() == "extra.py"
+    (hf / "extra.py").unlink()
+    (hf / "config.yaml").unlink()
+    (hf / "config.json").write_text("new")
+    publish_in_run_dir(run, hf)
+    assert not (run / "extra.py").exists() and (run / "config.json").read_text() == "new"
+    assert (run / "config.yaml").read_text() == "run config"
 
 
 def test_export_cli_errors_name_the_problem(tmp_path, capsys):
