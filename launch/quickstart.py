@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     for mode, s in summary.items():
         val = f"{s['final_val_loss']:.3f}" if s["final_val_loss"] is not None else "-"
         print(f"| {mode} | {s['final_train_loss']:.3f} | {val} | {s['tokens_per_s']:.0f} |")
-    print(f"\nloss curves: {png}\nexported models: {args.out}/<mode>/hf "
-          "(AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True))")
+    print(f"\nloss curves: {png}\nexported models: {args.out}/<mode> (files in <mode>/hf, linked at the top): "
+          f"AutoModelForCausalLM.from_pretrained('{args.out}/{args.modes[0]}', trust_remote_code=True)\n"
+          f"compare the modes: python -m evals.compare {' '.join(f'{args.out}/{m}' for m in args.modes)} "
+          f"--out {args.out}/report")
     return 0
 
 
