@@ -33,7 +33,7 @@ class MhcLmConfig(PreTrainedConfig):
     """
 
     model_type = "mhc_lm"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     def __init__(
         self,

@@ -38,6 +38,21 @@ from .residual_grid import grid_forward
 from .residual_hc import HyperConnection
 from .residual_mhc import ManifoldHyperConnection
 from .residual_standard import StandardResidual
+
+# transformers renamed the KV-cache argument and output field `past_key_values` -> `cache` in a
+# 5.x release (generate then passes `cache=`). Accept both names on input and write outputs
+# under the field name of the installed version, so caching works on either side of the rename.
+_CACHE_FIELD = "cache" if "cache" in getattr(BaseModelOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def _resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache as either `cache` or `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
+def _output_cache(outputs) -> Cache | None:
+    return getattr(outputs, _CACHE_FIELD, None)
 from .stream_ops import rms_norm
 
 RESIDUAL_CLASSES = {
@@ -220,8 +235,10 @@ class MhcLmModel(MhcLmPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        past_key_values = _resolve_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -256,7 +273,7 @@ class MhcLmModel(MhcLmPreTrainedModel):
         if hidden.dim() == 4:
             hidden = hidden.mean(dim=2)  # collapse streams: (B, T, n, C) -> (B, T, C)
         hidden = self.norm(hidden)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, **{_CACHE_FIELD: past_key_values})
 
 
 class MhcLmForCausalLM(MhcLmPreTrainedModel, GenerationMixin):
@@ -285,9 +302,11 @@ class MhcLmForCausalLM(MhcLmPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         shift_labels: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`labels`: HF convention (shifted inside); `shift_labels`: targets already aligned with logits."""
+        past_key_values = _resolve_cache(past_key_values, cache)
         outputs = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
         hidden = outputs.last_hidden_state
         if logits_to_keep:
@@ -299,7 +318,7 @@ class MhcLmForCausalLM(MhcLmPreTrainedModel, GenerationMixin):
                 shift_labels = shift_labels.contiguous()
             loss = self.loss_function(logits, labels, self.config.vocab_size, shift_labels=shift_labels,
                                       num_items_in_batch=kwargs.get("num_items_in_batch"))
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: _output_cache(outputs)})
 
 
 class MhcLmForSequenceClassification(MhcLmPreTrainedModel):
@@ -327,8 +346,10 @@ class MhcLmForSequenceClassification(MhcLmPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
+        past_key_values = _resolve_cache(past_key_values, cache)
         outputs = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache)
         logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
         B, T = logits.shape[:2]
@@ -344,7 +365,7 @@ class MhcLmForSequenceClassification(MhcLmPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
-        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=outputs.past_key_values)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, **{_CACHE_FIELD: _output_cache(outputs)})
 
 
 def register_auto_classes() -> None:

@@ -48,3 +48,23 @@ def test_shift_labels_equals_hf_labels():
     manual = torch.nn.functional.cross_entropy(logits.reshape(-1, 97), targets.reshape(-1))
     torch.testing.assert_close(a, manual)
     torch.testing.assert_close(b, manual)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_cached_generation_logits_equal_a_full_forward(mode, do_sample):
+    """Every step's logits from generate (KV cache) equal a cache-free forward of the whole sequence.
+
+    Compares logits, not tokens: a random model repeats one token, so token equality alone
+    would not notice a cache that is silently dropped (as happens when generate passes the
+    cache under a name the model ignores)."""
+    torch.manual_seed(0)
+    model = MhcLmForCausalLM(tiny_config(mode)).eval()
+    prompt = torch.randint(3, 97, (2, 5))
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=6, do_sample=do_sample, top_k=0, use_cache=True,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        full = model(out.sequences, use_cache=False).logits
+    assert len(out.logits) == 6
+    for i, step_logits in enumerate(out.logits):
+        torch.testing.assert_close(step_logits, full[:, prompt.shape[1] - 1 + i], atol=1e-4, rtol=1e-4)
