@@ -5,7 +5,7 @@ Written to `<dir>.tmp` and renamed, so an interrupted export never leaves a half
 The export of a run (`run_dir/hf`) is also published at the top of the run directory (hard
 links, so no second copy of the weights), as the Hugging Face Trainer does with its
 output_dir: `from_pretrained(run_dir, trust_remote_code=True)` and
-`AutoTokenizer.from_pretrained(run_dir)` load it too.
+`AutoTokenizer.from_pretrained(run_dir, trust_remote_code=True)` load it too.
 """
 
 from __future__ import annotations
