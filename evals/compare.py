@@ -1,12 +1,14 @@
 """Cross-run comparison: overlay stability curves and tabulate them per residual mode.
 
     python -m evals.compare runs/quickstart/{standard,hc,mhc,grid} --out runs/quickstart/report
+    python -m evals.compare runs/standard runs/hc runs/mhc runs/grid    # -> runs/compare/
     python -m evals.compare runs/sweep/* --out runs/sweep/report --probe   # + offline probe of hf/
 
 Runs are grouped by residual mode (config.yaml `model.residual_mode`, else hf/config.json); with
 several seeds per mode the curves are the mean with a +- 1 std band. Writes to --out:
 loss.png, grad_norm.png, spikes.png, amax.png, vanished.png (those with data), report.md,
-report.html and summary.json.
+report.html and summary.json. Without --out: `compare/` next to the runs (in the folder that
+holds them all).
 
 Table columns (per mode, mean +- std over seeds; definitions in docs/stability.md):
 final train loss = mean of the last `--final-window` logged training losses; final val loss =
@@ -343,14 +345,26 @@ def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool
     return summary
 
 
+def default_out(run_dirs: list[Path]) -> Path:
+    """`compare/` in the deepest folder that holds every run (never inside a run itself)."""
+    dirs = [Path(d).resolve() for d in run_dirs]
+    common = Path(os.path.commonpath(dirs))
+    if common in dirs:
+        common = common.parent
+    return common / "compare"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="output folder for PNGs and reports")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder for PNGs and reports (default: compare/ in the folder holding the runs)")
     parser.add_argument("--final-window", type=int, default=10, help="training losses averaged for 'final'")
     parser.add_argument("--probe", action="store_true",
                         help="run evals.stability on runs without stability.json (needs hf/ and the prepared data)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = default_out(args.run_dirs)
     summary = compare(args.run_dirs, args.out, args.final_window, args.probe)
     header, rows = table_rows(summary)
     for r in rows:

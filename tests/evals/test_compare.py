@@ -135,6 +135,17 @@ def test_offline_stability_json_fills_missing_probes(runs):
     assert summary["standard"]["vanished/1e-04"]["mean"] == 0.25
 
 
+def test_default_out_is_next_to_the_runs(runs, tmp_path):
+    from evals.compare import default_out
+
+    root, _ = runs
+    dirs = [p for p in sorted(root.iterdir()) if p.is_dir()]
+    assert main([str(p) for p in dirs]) == 0  # the guide's command: no --out
+    assert (root / "compare" / "report.md").is_file()
+    assert default_out([dirs[0]]) == root.resolve() / "compare"  # one run: not inside the run itself
+    assert default_out([tmp_path / "a" / "x", tmp_path / "b" / "y"]) == tmp_path.resolve() / "compare"
+
+
 def test_bad_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no metrics.jsonl"):
