@@ -113,6 +113,13 @@ def group(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 # ---------------------------------------------------------------- per-run summary
+def spike_detector(c: dict) -> SpikeDetector:
+    """The run's spike rule from its `metrics` config section (defaults as MetricsConfig)."""
+    window = int(c.get("spike_window", 128))
+    return SpikeDetector(window=window, sigma=float(c.get("spike_sigma", 6.0)),
+                         min_history=int(c.get("spike_min_history") or window))
+
+
 def spike_stats(run: Run, name: str) -> tuple[float, float]:
     """(count, score %) of spikes in series `name` ("loss" or "grad_norm")."""
     steps, counts = run.series(f"spike/{name}_count")
@@ -120,8 +127,7 @@ def spike_stats(run: Run, name: str) -> tuple[float, float]:
         _, scores = run.series(f"spike/{name}_score")
         return counts[-1], (scores[-1] if len(scores) else float("nan"))
     c = run.metrics_config
-    det = SpikeDetector(window=int(c.get("spike_window", 128)), sigma=float(c.get("spike_sigma", 6.0)),
-                        min_history=int(c.get("spike_min_history", 32)))
+    det = spike_detector(c)
     for v in run.series(name, train_only=True)[1]:
         det.update(v)
     return float(det.count), det.score
@@ -133,8 +139,7 @@ def spike_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
     if len(counts):
         return steps, counts
     c = run.metrics_config
-    det = SpikeDetector(window=int(c.get("spike_window", 128)), sigma=float(c.get("spike_sigma", 6.0)),
-                        min_history=int(c.get("spike_min_history", 32)))
+    det = spike_detector(c)
     steps, values = run.series("loss", train_only=True)
     counts = []
     for v in values:

@@ -41,13 +41,38 @@ class StabilityCallback:
         c = self.config
         return SpikeDetector(window=c.spike_window, sigma=c.spike_sigma, min_history=c.spike_min_history)
 
+    state_key = "stability"
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint (trainer_state.json), so a resumed run continues the exact rule."""
+        return {"detectors": {n: d.state_dict() for n, d in self.detectors.items()},
+                "volatility": self.volatility.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, det in self.detectors.items():
+            det.load_state_dict(state["detectors"][name])
+        self.volatility.load_state_dict(state["volatility"])
+        self._restored = True
+
     def on_train_begin(self, trainer) -> None:
+        if getattr(self, "_restored", False):
+            return
         path = Path(trainer.run_dir) / "metrics.jsonl"
         if getattr(trainer, "step", 0) > 0 and path.is_file():
-            self.restore(path, trainer.step)
+            # A checkpoint without callback state (written by an older version): rebuild from the log.
+            log_every = trainer.config.logging.log_every
+            if log_every == 1:
+                self.restore(path, trainer.step)
+            elif trainer.accelerator.is_main_process:
+                warnings.warn("metrics: the checkpoint holds no spike-detector state and logging.log_every="
+                              f"{log_every} > 1, so the history cannot be rebuilt from metrics.jsonl; spike "
+                              "detection restarts with an empty history", stacklevel=2)
 
     def restore(self, path: Path, step: int) -> None:
-        """Refill histories from the logged series up to `step` (counts from the last logged totals)."""
+        """Refill histories from the logged series up to `step` (counts from the last logged totals).
+
+        Exact only when every step was logged (logging.log_every == 1); the checkpointed state
+        (`state_dict`) is used whenever it exists."""
         records = []
         for line in path.read_text().splitlines():
             try:

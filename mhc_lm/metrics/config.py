@@ -17,8 +17,8 @@ class MetricsConfig:
     """Previous steps used for the mean + k*sigma spike rule (OLMo-core uses 128)."""
     spike_sigma: float = 6.0
     """k in mean + k*sigma."""
-    spike_min_history: int = 32
-    """No spike is declared before this many previous steps exist (a 3-step std is meaningless)."""
+    spike_min_history: int | None = None
+    """No spike is declared before this many previous steps exist; default (null): spike_window, as OLMo-core."""
     volatility_window: int = 50
     """Window of the moving average that loss volatility is measured against."""
     vanished_eps: list[float] = field(default_factory=lambda: [1e-4, 1e-5, 1e-6, 1e-7])
@@ -37,6 +37,8 @@ class MetricsConfig:
     def __post_init__(self) -> None:
         if self.probe_every < 0:
             raise ConfigError(f"metrics.probe_every: must be >= 0, got {self.probe_every}")
+        if self.spike_min_history is None:
+            self.spike_min_history = self.spike_window
         if self.spike_window < 2 or not 2 <= self.spike_min_history <= self.spike_window:
             raise ConfigError(f"metrics.spike_window ({self.spike_window}) must be >= 2 and metrics.spike_min_history "
                               f"({self.spike_min_history}) in [2, spike_window]")

@@ -7,7 +7,9 @@ Spike rule (as OLMo-core's spike monitoring): step t is a spike when
 i.e. only upward excursions count (a loss that drops fast is not a spike). The history is the
 previous W *values*, spikes included, so a persistent level shift is flagged only in the first few steps of its
 onset (until the new values widen the history's std).
-No spike is declared while fewer than `min_history` previous values exist.
+No spike is declared while fewer than `min_history` previous values exist (default W, as in
+OLMo-core: the rule is applied only once the full window is there), nor when the history is
+flat (std < 1e-10, where any float noise would otherwise count).
 
 Spike score: percentage of the evaluated steps that were spikes (OLMo 2's "spike score" is the
 same percentage over a window); the summed excess in sigma units is kept as well.
@@ -26,6 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
+FLAT_STD = 1e-10
+"""Below this history std no spike is declared (OLMo-core's guard)."""
+
 
 @dataclass
 class SpikeDetector:
@@ -33,7 +38,7 @@ class SpikeDetector:
 
     window: int = 128
     sigma: float = 6.0
-    min_history: int = 32
+    min_history: int = 128
     history: deque = field(default_factory=deque, repr=False)
     count: int = 0
     """Spikes found so far."""
@@ -55,7 +60,7 @@ class SpikeDetector:
             mean, std = hist.mean(), hist.std()
             z = (value - mean) / std if std > 0 else (0.0 if value == mean else math.copysign(math.inf, value - mean))
             self.evaluated += 1
-            if value > mean + self.sigma * std:
+            if std >= FLAT_STD and value > mean + self.sigma * std:
                 is_spike = True
                 self.count += 1
                 self.excess += min(z - self.sigma, 1e6)
@@ -69,10 +74,18 @@ class SpikeDetector:
         """Percentage of evaluated steps that were spikes (0 before any step was evaluated)."""
         return 100.0 * self.count / self.evaluated if self.evaluated else 0.0
 
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "count": self.count, "evaluated": self.evaluated, "excess": self.excess}
 
-def detect_spikes(values: Sequence[float], window: int = 128, sigma: float = 6.0, min_history: int = 32) -> list[int]:
+    def load_state_dict(self, state: dict) -> None:
+        self.history = deque(float(v) for v in state["history"][-self.window:])
+        self.count, self.evaluated, self.excess = int(state["count"]), int(state["evaluated"]), float(state["excess"])
+
+
+def detect_spikes(values: Sequence[float], window: int = 128, sigma: float = 6.0,
+                  min_history: int | None = None) -> list[int]:
     """Indices of `values` that are spikes under the rule above (offline twin of SpikeDetector)."""
-    det = SpikeDetector(window=window, sigma=sigma, min_history=min_history)
+    det = SpikeDetector(window=window, sigma=sigma, min_history=window if min_history is None else min_history)
     return [i for i, v in enumerate(values) if det.update(float(v))[0]]
 
 
@@ -93,6 +106,13 @@ class VolatilityTracker:
         if len(self.residuals) < 2:
             return float("nan")
         return float(np.std(np.fromiter(self.residuals, dtype=np.float64)))
+
+    def state_dict(self) -> dict:
+        return {"values": list(self.values), "residuals": list(self.residuals)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = deque((float(v) for v in state["values"]), maxlen=self.window)
+        self.residuals = deque((float(v) for v in state["residuals"]), maxlen=self.window)
 
 
 def loss_volatility(values: Sequence[float], window: int = 50) -> float:

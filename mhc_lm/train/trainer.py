@@ -130,6 +130,10 @@ class Trainer:
         loader_state = state["loader_states"][self.accelerator.process_index]
         if loader_state is not None and hasattr(self.data.train_loader, "load_state_dict"):
             self.data.train_loader.load_state_dict(loader_state)
+        saved = state.get("callbacks", {})
+        for key, cb in self._stateful_callbacks().items():
+            if key in saved:
+                cb.load_state_dict(saved[key])
         if self.accelerator.is_main_process:
             self.writer.truncate_after(self.step)
             print(f"[mhc-lm] resumed from {path} at step {self.step}", flush=True)
@@ -154,10 +158,25 @@ class Trainer:
     def save_checkpoint(self, _fault_hook=None) -> Path:
         loader = self.data.train_loader
         loader_state = loader.state_dict() if hasattr(loader, "state_dict") else None
-        path = ckpt_lib.save_checkpoint(self.accelerator, self.run_dir, self.step, {"tokens": self.tokens},
+        state = {"tokens": self.tokens, "callbacks": self._callback_states()}
+        path = ckpt_lib.save_checkpoint(self.accelerator, self.run_dir, self.step, state,
                                         loader_state, self.config.checkpoint.keep_last, _fault_hook=_fault_hook)
         self._last_saved_step = self.step
         return path
+
+    def _stateful_callbacks(self) -> dict:
+        """Callbacks with state_dict/load_state_dict, by `state_key` (default: class name)."""
+        out = {}
+        for cb in self.callbacks:
+            if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict"):
+                key = getattr(cb, "state_key", type(cb).__name__)
+                if key in out:
+                    raise ValueError(f"two callbacks share the checkpoint state key {key!r}; set `state_key`")
+                out[key] = cb
+        return out
+
+    def _callback_states(self) -> dict:
+        return {key: cb.state_dict() for key, cb in self._stateful_callbacks().items()}
 
     @torch.no_grad()
     def evaluate(self) -> float | None:

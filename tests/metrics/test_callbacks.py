@@ -83,3 +83,44 @@ def test_build_callbacks_and_config_validation():
         MetricsConfig(vanished_eps=[2.0])
     with pytest.raises(ConfigError, match="spike_min_history"):
         MetricsConfig(spike_window=8, spike_min_history=16)
+
+
+def test_spike_state_survives_resume_with_sparse_logging(tmp_path):
+    """log_every > 1: the metrics.jsonl cannot rebuild the history; the checkpointed state does."""
+
+    class Killed(BaseException):
+        pass
+
+    class Die:
+        def on_train_begin(self, trainer):
+            pass
+
+        def on_step_end(self, trainer, step, logs):
+            if step == 9:
+                raise Killed
+
+        def on_train_end(self, trainer):
+            pass
+
+    def cfg(run_dir):
+        return tiny_config(run_dir, "hc", train={"max_steps": 12},
+                           metrics={"enabled": True, "probe_every": 0, "spike_window": 4, "spike_min_history": 2,
+                                    "volatility_window": 4},
+                           logging={"log_every": 3}, checkpoint={"every": 6})
+
+    Trainer(cfg(tmp_path / "ref"), data=toy_data(cfg(tmp_path / "ref"))).fit()
+    with pytest.raises(Killed):
+        Trainer(cfg(tmp_path / "run"), data=toy_data(cfg(tmp_path / "run")), callbacks=[Die()]).fit()
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
+    assert len(state["callbacks"]["stability"]["detectors"]["loss"]["history"]) == 4
+    Trainer(cfg(tmp_path / "run"), data=toy_data(cfg(tmp_path / "run"))).fit()  # resumes at step 6
+
+    def spikes(run_dir):
+        keys = ("step", "loss", "spike/loss_count", "spike/loss_score", "spike/loss_z", "spike/grad_norm_count",
+                "loss_volatility")
+        return [{k: r.get(k) for k in keys} for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r]
+
+    ref, got = spikes(tmp_path / "ref"), spikes(tmp_path / "run")
+    assert [r["step"] for r in got] == [3, 6, 9, 12]
+    assert got == ref
+    assert ref[-1]["spike/loss_z"] is not None

@@ -78,3 +78,29 @@ def test_volatility_known_answers():
     tracker = VolatilityTracker(window=5)
     assert math.isnan(tracker.update(1.0))
     assert math.isnan(loss_volatility([], window=5))
+
+
+def test_olmo_defaults_full_window_and_flat_history():
+    # OLMo-core applies the rule only once the whole window is there, and never on a flat history
+    det = SpikeDetector()
+    assert (det.window, det.sigma, det.min_history) == (128, 6.0, 128)
+    values = [1.0] * 127 + [1.0 + 1e-9]  # flat: float noise above the mean is not a spike
+    assert detect_spikes(values + [1.0] * 10) == []
+    values = noisy_curve(300)
+    values[100] += 5.0  # before the window is full: not evaluated
+    values[250] += 5.0
+    assert detect_spikes(values) == [250]
+
+
+def test_state_dict_round_trip_continues_exactly():
+    values = noisy_curve(400)
+    values[300] += 3.0
+    full = SpikeDetector(window=64, min_history=64)
+    outs = [full.update(v) for v in values]
+    first = SpikeDetector(window=64, min_history=64)
+    for v in values[:200]:
+        first.update(v)
+    second = SpikeDetector(window=64, min_history=64)
+    second.load_state_dict(first.state_dict())
+    assert [second.update(v) for v in values[200:]] == outs[200:]
+    assert (second.count, second.evaluated, second.excess) == (full.count, full.evaluated, full.excess)
