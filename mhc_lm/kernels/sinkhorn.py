@@ -5,7 +5,7 @@ Meaning: `mhc_lm.model.sinkhorn.sinkhorn_reference` (fp32):
     P0 = softmax(L, dim=-1) + eps               # max-subtracted exp + the first row normalisation
     P1 = P0 / (P0.sum(-2) + eps)                 # step 1: columns (dim -2, tile axis 1)
     repeat iters - 1 times: rows (dim -1), then columns
-    iters == 0: P = P0 / P0.sum(-1)              # still a valid (row stochastic) matrix
+    iters == 0: P = P0 / P0.sum(-2)              # still valid: columns (the new streams' weights) sum to 1
 
 One program holds BT tokens' n x n tiles in registers as a (BT, NP, NP) block, NP = next
 power of two >= n (padding masked to 0). The forward writes only the result.
@@ -75,7 +75,7 @@ def _sinkhorn_fwd_kernel(L_ptr, P_ptr, T, EPS, N: tl.constexpr, NP: tl.constexpr
     L, offs, mask = _load_tile(L_ptr, T, N, NP, BT)  # (BT, NP, NP)
     p = tl.where(mask, _softmax_rows(L, mask) + EPS, 0.0)  # P0
     if ITERS == 0:
-        p = _normalise(p, 1e-30, 2)  # no eps in this sum; 1e-30 only keeps padded rows finite
+        p = _normalise(p, 1e-30, 1)  # columns, no eps in this sum; 1e-30 only keeps padded columns finite
     else:
         p = _normalise(p, EPS, 1)
         for _ in range(ITERS - 1):
@@ -93,7 +93,7 @@ def _sinkhorn_bwd_kernel(
     sm = _softmax_rows(L, mask)
     p0 = tl.where(mask, sm + EPS, 0.0)
     if ITERS == 0:
-        g = _normalise_bwd(p0, g, mask, 1e-30, 2)
+        g = _normalise_bwd(p0, g, mask, 1e-30, 1)
     else:
         # pairs q = ITERS-1 .. 1: (row step 2q, column step 2q+1); their input P_{2q-1} is
         # recomputed from P0 (column step, then q-1 row/column pairs).

@@ -11,7 +11,8 @@ Numerics follow the reference kernels:
     P = P / (P.sum(-2) + eps)                 # column normalisation
     repeat iters - 1 times: rows, then columns
 so one iteration = one row and one column normalisation and `iters=0` still returns a valid
-(row stochastic) matrix, never raw logits. Everything runs in float32 (or float64 if given)
+matrix, never raw logits: P0 normalised over its columns only (each new stream a convex
+combination of the old ones, as for every iters; rows are then only approximately 1). Everything runs in float32 (or float64 if given)
 whatever the autocast dtype.
 """
 
@@ -31,7 +32,7 @@ def sinkhorn_reference(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS
     with torch.autocast(device_type=logits.device.type, enabled=False):
         p = torch.softmax(logits.to(dtype), dim=-1) + eps  # (..., n, n), rows sum to 1 (+n*eps)
         if iters == 0:
-            return p / p.sum(dim=-1, keepdim=True)
+            return p / p.sum(dim=-2, keepdim=True)
         p = p / (p.sum(dim=-2, keepdim=True) + eps)
         for _ in range(iters - 1):
             p = p / (p.sum(dim=-1, keepdim=True) + eps)

@@ -44,15 +44,20 @@ def mhc_coefficients_reference(
 
 
 def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
-    """x (N, n, C), h_pre (N, n) fp32 -> (N, C) in x's dtype (accumulated in fp32)."""
-    out = torch.einsum("tn,tnc->tc", h_pre.float(), x.float())  # (N, C)
+    """x (N, n, C), h_pre (N, n) fp32 -> (N, C) in x's dtype (accumulated in fp32).
+
+    Autocast is off inside: einsum runs as a bmm, which bf16 autocast would otherwise round
+    (the H matrices and the fp32 residual stream) to bf16 at every sub-layer."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        out = torch.einsum("tn,tnc->tc", h_pre.float(), x.float())  # (N, C)
     return out.to(x.dtype)
 
 
 def post_res_reference(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_post: torch.Tensor) -> torch.Tensor:
     """x (N, n, C), f_out (N, C), h_res (N, n, n) [old i, new j], h_post (N, n) -> (N, n, C) in x's dtype."""
-    mixed = torch.einsum("tij,tic->tjc", h_res.float(), x.float())  # (N, n, C): new j = sum_i H[i, j] x_i
-    out = mixed + h_post.float().unsqueeze(-1) * f_out.float().unsqueeze(-2)  # (N, n, C)
+    with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 mixing (see pre_mix_reference)
+        mixed = torch.einsum("tij,tic->tjc", h_res.float(), x.float())  # (N, n, C): new j = sum_i H[i, j] x_i
+        out = mixed + h_post.float().unsqueeze(-1) * f_out.float().unsqueeze(-2)  # (N, n, C)
     return out.to(x.dtype)
 
 

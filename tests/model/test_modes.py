@@ -45,6 +45,17 @@ def test_hc_at_init_equals_standard(n_streams):
         torch.testing.assert_close(hc(ids).logits, ref(ids).logits, atol=1e-5, rtol=0)
 
 
+def test_hc_at_init_equals_standard_under_bf16_autocast():
+    """The mixing runs in fp32 under autocast: HC at init stays exactly Pre-Norm (the residual
+    stream and A_r are not rounded to bf16 at each sub-layer)."""
+    ref = build("standard")
+    hc = with_block_weights_of(build("hc", seed=5, n_streams=4), ref)
+    ids = torch.randint(3, 97, (2, 10))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = hc(ids).logits, ref(ids).logits
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("n_streams", [1, 4])
 @pytest.mark.parametrize("h_res", ["identity", "uniform"])
 def test_mhc_with_zero_gates_equals_standard(n_streams, h_res):

@@ -54,7 +54,11 @@ def test_converges_to_unique_scaling():
 def test_zero_iters_is_valid_not_raw_logits():
     logits = torch.randn(10, 3, 3)
     p = sinkhorn(logits, iters=0)
-    assert (p >= 0).all() and torch.allclose(p.sum(-1), torch.ones(10, 3), atol=1e-6)
+    # the axis normalised is the one every iters ends on (dim -2: the weights of each new stream)
+    assert (p >= 0).all() and torch.allclose(p.sum(-2), torch.ones(10, 3), atol=1e-6)
+    skewed = torch.zeros(3, 3)
+    skewed[:, 1] = 5.0  # every old stream prefers new stream 1: still no column may exceed 1
+    assert torch.allclose(sinkhorn(skewed, iters=0).sum(-2), torch.ones(3), atol=1e-6)
 
 
 def test_orientation_hand_example_3x3():
