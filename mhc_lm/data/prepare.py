@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,12 @@ def _load_splits(cfg: DataConfig, cache_dir: Path):
         full = load_embedded(cfg.corpus)
     else:
         files, hub = resolve_files(cfg.train_files)
-        if hub:
-            return load_hub(hub, cfg), None, True
+        if hub:  # streamed: val is data.val_files when given, else split off by seeded hash (_write_stream)
+            val = None
+            if cfg.val_files:
+                val_files, _ = resolve_files(cfg.val_files, "data.val_files")
+                val = load_local(val_files, cfg, str(cache_dir))
+            return load_hub(hub, cfg), val, True
         full = load_local(files, cfg, str(cache_dir))
     if cfg.max_documents is not None and len(full) > cfg.max_documents:
         full = full.select(range(cfg.max_documents))
@@ -186,7 +191,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
             import_tokenizer(cfg.tokenizer, tok_dir)
             tok_source = cfg.tokenizer
         else:
-            train_sentencepiece(_tokenizer_texts(train, cfg, streamed), cfg.vocab_size, tok_dir,
+            split_cfg = replace(cfg, val_fraction=0.0) if (streamed and val is not None) else cfg
+            train_sentencepiece(_tokenizer_texts(train, split_cfg, streamed), cfg.vocab_size, tok_dir,
                                 cfg.tokenizer_train_chars, cfg.seed)
             probes = [ROUND_TRIP_PROBE] + (list(val.select(range(min(3, len(val))))["text"]) if val is not None else [])
             check_encoder_agreement(tok_dir, probes)
@@ -195,7 +201,10 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
         vocab_size = max(len(tok), max(tok.get_vocab().values()) + 1)  # ids need not be contiguous
         dtype = choose_dtype(vocab_size, cfg.token_dtype)
         encoder = DocumentEncoder(tok_dir)
-        if streamed:
+        if streamed and val is not None:  # a Hub stream for train, local data.val_files for val
+            splits = _write_stream(train, encoder, staging, dtype, replace(cfg, val_fraction=0.0), progress)
+            splits["val"] = _write_split(val, "val", encoder, staging, dtype, cfg, progress)
+        elif streamed:
             splits = _write_stream(train, encoder, staging, dtype, cfg, progress)
         else:
             splits = {"train": _write_split(train, "train", encoder, staging, dtype, cfg, progress)}

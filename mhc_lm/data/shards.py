@@ -119,8 +119,11 @@ class PackedTokens:
                 "Fix: set data.val_fraction > 0 or data.val_files to get a 'val' split."
             )
         self.vocab_size = int(self.meta["vocab_size"])
-        self.dtype = np.dtype(self.meta["dtype"])
         fix = REPREPARE.format(out_dir=self.out_dir)
+        try:
+            self.dtype = np.dtype(choose_dtype(self.vocab_size, str(self.meta["dtype"])))
+        except ValueError as err:  # e.g. a hand-edited meta.json: uint16 shards for a 70k vocab
+            raise ValueError(f"{self.out_dir / 'meta.json'}: {err}. {fix}") from None
         self._check_tokenizer(fix)
         self.arrays: list[np.ndarray] = []
         for shard in splits[split]["shards"]:

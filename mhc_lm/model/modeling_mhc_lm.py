@@ -197,6 +197,8 @@ def build_attention_mask(attention_mask, batch: int, q_len: int, past_len: int, 
     """
     if attention_mask is None and past_len == 0:
         return None
+    if past_len == 0 and not torch.compiler.is_compiling() and bool(attention_mask.all()):
+        return None  # no padding: plain causal, and SDPA keeps its fused (flash / mem-efficient) kernels
     kv_len = past_len + q_len
     q_pos = torch.arange(past_len, kv_len, device=device).unsqueeze(-1)  # (T, 1)
     k_pos = torch.arange(kv_len, device=device).unsqueeze(0)  # (1, S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -130,6 +131,11 @@ def test_damaged_shards_and_swapped_tokenizer_are_detected(prepared, tmp_path):
         prepare_data(prepared[1].__class__(**{**prepared[1].__dict__, "out_dir": str(out_dir)}), progress=False)
     shard.write_bytes(data)
     PackedTokens(out_dir, "train")  # repaired
+    edited = {**meta, "vocab_size": 70_000}  # a meta.json claiming a vocab its uint16 shards cannot hold
+    (out_dir / "meta.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"meta.json.*does not fit data.token_dtype=uint16"):
+        PackedTokens(out_dir, "train")
+    (out_dir / "meta.json").write_text(json.dumps(meta))
     tok_json = out_dir / "tokenizer" / "tokenizer.json"
     tok_json.write_text(tok_json.read_text().replace('"<unk>"', '"<UNK>"'))
     with pytest.raises(ValueError, match="not the tokenizer the shards"):
@@ -205,6 +211,23 @@ def test_streamed_hub_dataset_path_offline(tmp_path, corpus_docs, monkeypatch):
         ds = PackedTokens(out_dir, split)
         expected = "".join(d + tok.eos_token for d, v in zip(docs, is_val) if v == want)
         assert tok.decode(ds[0 : len(ds)].tolist()) == expected
+
+
+def test_streamed_hub_train_with_local_val_files(tmp_path, corpus_docs, monkeypatch):
+    """data.val_files with a Hub stream: val is the local files, the whole stream is train."""
+    import datasets
+
+    train_docs, val_docs = corpus_docs[:20], corpus_docs[20:24]
+    monkeypatch.setattr(prepare_module, "load_hub",
+                        lambda name, cfg: datasets.Dataset.from_dict({"text": train_docs}).to_iterable_dataset())
+    write_txt(tmp_path / "val", val_docs)
+    cfg = small_config(tmp_path, train_files=["someone/some-corpus"], val_files=[str(tmp_path / "val")],
+                       val_fraction=0.2)
+    out_dir = prepare_data(cfg, progress=False)
+    tok = load_tokenizer(out_dir)
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        ds = PackedTokens(out_dir, split)
+        assert sorted(tok.decode(ds[0 : len(ds)].tolist()).split(tok.eos_token)[:-1]) == sorted(docs)
 
 
 def test_parallel_tokenization_gives_identical_shards(tmp_path, corpus_docs):
