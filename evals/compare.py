@@ -41,6 +41,7 @@ from mhc_lm.metrics.spikes import SpikeDetector  # noqa: E402
 
 MODE_ORDER = ("standard", "hc", "mhc", "grid")
 EPS_KEYS = ("vanished/1e-04", "vanished/1e-05", "vanished/1e-06", "vanished/1e-07")
+BACKBONE_KEYS = tuple(k.replace("vanished/", "vanished_backbone/") for k in EPS_KEYS)  # without mixing params
 
 
 @dataclass
@@ -170,7 +171,7 @@ def summarize_run(run: Run, final_window: int = 10) -> dict[str, float]:
         "max_amax_fwd": probe_value(run, "amax/fwd/composite", "max"),
         "max_amax_bwd": probe_value(run, "amax/bwd/composite", "max"),
     }
-    for key in EPS_KEYS:
+    for key in EPS_KEYS + BACKBONE_KEYS:
         out[key] = probe_value(run, key, "last")
     out["grad_std"] = probe_value(run, "grad_std", "last")
     out["tokens_per_s"] = float(np.median(tps)) if len(tps) else float("nan")
@@ -277,9 +278,10 @@ COLUMNS = [
     ("grad_norm_spikes", "grad-norm spikes", "{:.1f}"),
     ("max_amax_fwd", "max Amax fwd", "{:.4g}"), ("max_amax_bwd", "max Amax bwd", "{:.4g}"),
     *[(k, f"vanished {k.split('/')[1]} %", "{:.3f}") for k in EPS_KEYS],
+    *[(k, f"backbone vanished {k.split('/')[1]} %", "{:.3f}") for k in BACKBONE_KEYS],
     ("grad_std", "grad std", "{:.3e}"), ("tokens_per_s", "tokens/s", "{:.0f}"),
 ]
-PERCENT = set(EPS_KEYS)
+PERCENT = set(EPS_KEYS + BACKBONE_KEYS)
 
 
 def cell(stat: dict, fmt: str, percent: bool) -> str:

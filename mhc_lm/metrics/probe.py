@@ -15,6 +15,7 @@ Names (see docs/stability.md):
     rms/act/layer_XX   RMS of the residual stream after layer XX (all n streams for hc/mhc)
     rms/grad/layer_XX  RMS of dLoss/d(residual stream after layer XX)
     vanished/1e-04 ... vanished/1e-07, grad_std, probe/loss
+    vanished_backbone/1e-04 ..., grad_std_backbone   the same without hc/mhc mixing parameters
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from torch import nn
 
 from .amax import mixing_amax_metrics
 from .vanished import vanished_counts, vanished_from_counts
+
+
+MIXING_MARK = "_mixing."
+"""Substring of every hc/mhc mixing parameter name (`layers.N.attn_mixing.*`, `layers.N.mlp_mixing.*`)."""
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -100,9 +105,15 @@ def probe_model(
         grads = torch.autograd.grad(loss, inputs, allow_unused=True)
         pgrads = [g if g is not None else torch.zeros_like(p) for g, (_, p) in zip(grads, params)]
         counts = vanished_counts(pgrads, eps)
+        # the same over the block F and embeddings only (no hc/mhc mixing parameters), so that the
+        # modes are compared on the parameters they share: mHC's phi gradients are tiny by design
+        backbone = [g for g, (name, _) in zip(pgrads, params) if MIXING_MARK not in name]
+        counts = torch.cat([counts, vanished_counts(backbone, eps)])
         if reduce_counts is not None:
             counts = reduce_counts(counts)
-        metrics.update(vanished_from_counts(counts, eps))
+        half = counts.numel() // 2
+        metrics.update(vanished_from_counts(counts[:half], eps))
+        metrics.update(vanished_from_counts(counts[half:], eps, prefix="vanished_backbone", std_key="grad_std_backbone"))
         for (i, _), g in zip(acts, grads[len(params):]):
             if g is not None:
                 metrics[f"rms/grad/layer_{i:02d}"] = g.float().pow(2).mean().sqrt()

@@ -17,9 +17,9 @@ from typing import Iterable, Sequence
 import torch
 
 
-def eps_key(eps: float) -> str:
+def eps_key(eps: float, prefix: str = "vanished") -> str:
     """Stable JSONL name of one threshold: 1e-4 -> 'vanished/1e-04'."""
-    return f"vanished/{eps:.0e}"
+    return f"{prefix}/{eps:.0e}"
 
 
 def vanished_counts(grads: Iterable[torch.Tensor], eps: Sequence[float]) -> torch.Tensor:
@@ -38,14 +38,15 @@ def vanished_counts(grads: Iterable[torch.Tensor], eps: Sequence[float]) -> torc
     return acc
 
 
-def vanished_from_counts(counts: torch.Tensor, eps: Sequence[float]) -> dict[str, float]:
+def vanished_from_counts(counts: torch.Tensor, eps: Sequence[float], prefix: str = "vanished",
+                         std_key: str = "grad_std") -> dict[str, float]:
     """JSONL entries from `vanished_counts` (possibly summed over ranks): ratios and grad_std."""
     c = counts.double().cpu().tolist()
     k = len(eps)
     n, s, s2 = c[k], c[k + 1], c[k + 2]
-    out = {eps_key(e): c[i] / n for i, e in enumerate(eps)}
+    out = {eps_key(e, prefix): c[i] / n for i, e in enumerate(eps)}
     mean = s / n
-    out["grad_std"] = math.sqrt(max(s2 / n - mean * mean, 0.0))
+    out[std_key] = math.sqrt(max(s2 / n - mean * mean, 0.0))
     return out
 
 

@@ -83,3 +83,21 @@ def test_probe_vanished_matches_manual_backward():
     manual = vanished_ratio([p.grad for p in model.parameters()])
     for key in list(EXPECTED) + ["grad_std"]:
         assert out[key] == pytest.approx(manual[key], rel=1e-6)
+
+
+def test_backbone_ratio_leaves_the_mixing_parameters_out():
+    std = probe_model(tiny("standard"), batch(), amax=False)
+    for e in ("1e-04", "1e-05", "1e-06", "1e-07"):  # no mixing parameters: both sets are the same
+        assert std[f"vanished_backbone/{e}"] == std[f"vanished/{e}"]
+    assert std["grad_std_backbone"] == std["grad_std"]
+
+    model = tiny("mhc", n_streams=4)
+    got = probe_model(model, batch(), amax=False)
+    params = [(n, p) for n, p in gradient_params(model, ("embed_tokens", "lm_head")) if "_mixing." not in n]
+    loss = model(input_ids=batch()["input_ids"], shift_labels=batch()["labels"], use_cache=False).loss
+    grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    grads = [g if g is not None else torch.zeros_like(p) for g, (_, p) in zip(grads, params)]
+    want = vanished_ratio(grads)
+    for e in ("1e-04", "1e-05", "1e-06", "1e-07"):
+        assert got[f"vanished_backbone/{e}"] == pytest.approx(want[f"vanished/{e}"], abs=1e-12)
+    assert got["vanished_backbone/1e-07"] < got["vanished/1e-07"]  # mHC's phi gradients are tiny at init
