@@ -57,14 +57,19 @@ def mixing_amax_metrics(per_sublayer: Sequence[torch.Tensor], sublayers_per_laye
 
     per_sublayer: [M_1, ..., M_S] in forward order, each (B, T, n, n); S = layers * sublayers_per_layer.
     Per layer the gain is that of the layer's whole mixing (M_mlp @ M_attn): the map the decoder
-    layer applies to the residual stream. Token reduction: mean over the probe batch's tokens;
-    the composite also logs the max over tokens.
+    layer applies to the residual stream; per sub-layer (`sublayer_XX`, attention = 2k, MLP =
+    2k + 1) that of the single matrix H_res / A_r, the mHC paper's "single-layer" gain. Token
+    reduction: mean over the probe batch's tokens; the composite also logs the max over tokens.
     """
     out: dict[str, float] = {}
     if not per_sublayer:
         return out
     if len(per_sublayer) % sublayers_per_layer:
         raise ValueError(f"{len(per_sublayer)} mixing matrices is not a multiple of {sublayers_per_layer} per layer")
+    for idx, mat in enumerate(per_sublayer):
+        g = gain_summary(mat)
+        out[f"amax/fwd/sublayer_{idx:02d}"] = g["fwd"]
+        out[f"amax/bwd/sublayer_{idx:02d}"] = g["bwd"]
     for layer in range(len(per_sublayer) // sublayers_per_layer):
         mats = per_sublayer[layer * sublayers_per_layer:(layer + 1) * sublayers_per_layer]
         g = gain_summary(composite(mats))

@@ -56,6 +56,9 @@ def test_mixing_metrics_names_and_layer_grouping():
     out = mixing_amax_metrics([a, b, b, a])  # two layers of (attn, mlp)
     assert out["amax/fwd/layer_00"] == 3.0 and out["amax/bwd/layer_00"] == 4.0  # B @ A
     assert out["amax/fwd/layer_01"] == 4.0 and out["amax/bwd/layer_01"] == 6.0  # A @ B = [[1,3],[0,3]]: rows 4, 3; cols 1, 6
+    # single matrices: a rows 2, 1 / cols 1, 2; b rows 1, 3 / cols 1, 3
+    assert [out[f"amax/fwd/sublayer_{i:02d}"] for i in range(4)] == [2.0, 3.0, 3.0, 2.0]
+    assert [out[f"amax/bwd/sublayer_{i:02d}"] for i in range(4)] == [2.0, 3.0, 3.0, 2.0]
     full = composite([a, b, b, a])[0, 0]
     fwd, bwd = amax_gain(full)
     assert out["amax/fwd/composite"] == fwd.item() and out["amax/bwd/composite"] == bwd.item()
