@@ -45,14 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_done(path: Path, protocol: str, model_path: str) -> bool:
+def _settings(args, cfg, spec, model_path: str, data_dir) -> dict:
+    """What a task's result depends on; a finished result is reused only when all of it matches."""
+    task_cfg = ({"hyperparameters": config_dict(cfg.finetune_for(spec.name)), "seeds": list(cfg.seeds)}
+                if args.protocol == "finetune" else {"zeroshot": config_dict(cfg.zeroshot)})
+    return {"protocol": args.protocol, "model": model_path, "data": str(data_dir) if data_dir else "hub:nyu-mll/glue",
+            "mixed_precision": cfg.mixed_precision, **task_cfg}
+
+
+def _is_done(path: Path, settings: dict) -> bool:
     if not path.is_file():
         return False
     try:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return old.get("protocol") == protocol and old.get("model", {}).get("path") == model_path
+    return json.loads(json.dumps(old.get("settings"))) == json.loads(json.dumps(settings))
 
 
 def run(args) -> str:
@@ -79,8 +87,10 @@ def run(args) -> str:
     lm = None
     for spec in specs:
         path = out_dir / f"{spec.name}.json"
-        if not args.overwrite and _is_done(path, args.protocol, info["path"]):
-            accelerator.print(f"[glue] {spec.name}: already in {path}, skipped (--overwrite redoes it)")
+        settings = _settings(args, cfg, spec, info["path"], data_dir)
+        if not args.overwrite and _is_done(path, settings):
+            accelerator.print(f"[glue] {spec.name}: already in {path} with the same settings, skipped "
+                              "(--overwrite redoes it)")
             continue
         if args.protocol == "zeroshot" and spec.prompt is None:
             accelerator.print(f"[glue] {spec.name}: skipped, no zero-shot prompt (lm-evaluation-harness "
@@ -105,6 +115,7 @@ def run(args) -> str:
             accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             result["model"] = info
+            result["settings"] = settings
             write_json_atomic(path, result)
             shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in result["metrics"].items())
             print(f"[glue] {spec.name} ({args.protocol}): {shown}  [{time.time() - t0:.1f}s] -> {path}")

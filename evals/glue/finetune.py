@@ -122,7 +122,9 @@ def finetune_task_seed(spec: TaskSpec, model_dir, tokenizer, hp, seed: int, acce
     steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes)
     total = hp.max_steps if hp.max_steps is not None else max(1, math.ceil(hp.num_epochs * steps_per_epoch))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
-    model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    # The scheduler stays out of accelerator.prepare: Accelerate's wrapper steps it once per
+    # process per optimizer step, which would end the schedule after total / num_processes steps.
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     dev_dls = {s: accelerator.prepare(dl) for s, dl in dev_dls.items()}
     eval_every = hp.eval_every or steps_per_epoch
 
@@ -133,6 +135,7 @@ def finetune_task_seed(spec: TaskSpec, model_dir, tokenizer, hp, seed: int, acce
     model.train()
     while step < total and not stopped_early:
         for batch in train_dl:
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             loss = model(**batch).loss
             accelerator.backward(loss)
             if hp.grad_clip > 0:
@@ -146,7 +149,7 @@ def finetune_task_seed(spec: TaskSpec, model_dir, tokenizer, hp, seed: int, acce
             if step % eval_every == 0 or step == total:
                 per_split = {s: evaluate(model, dl, accelerator, spec) for s, dl in dev_dls.items()}
                 metrics = flatten_split_metrics(spec, per_split)
-                entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": loss.item(),
+                entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": loss.item(), "lr": lr,
                          "metrics": metrics, "score": task_score(metrics), "per_split": per_split}
                 history.append(entry)
                 if best is None or entry["score"] > best["score"]:

@@ -80,6 +80,10 @@ def test_finished_tasks_are_skipped_unless_overwrite(tiny_models, fixtures_dir, 
     capsys.readouterr()
     assert main(args) == 0
     assert "already in" in capsys.readouterr().out
+    # other settings (here the zero-shot batch size, or other data / seeds / hyperparameters): redone
+    assert main(args + ["zeroshot.batch_size=3"]) == 0
+    assert "already in" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "wnli.json").read_text())["settings"]["zeroshot"]["batch_size"] == 3
     assert main(args + ["--overwrite"]) == 0
     again = json.loads((tmp_path / "o" / "wnli.json").read_text())
     assert again["samples"] == first["samples"]  # deterministic scoring
@@ -99,5 +103,8 @@ def test_two_cpu_processes_finetune(tiny_models, fixtures_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rte = json.loads((out / "rte.json").read_text())
     assert rte["n_dev"] == {"validation": 4} and [h["step"] for h in rte["per_seed"][0]["history"]] == [2, 4]
+    # one schedule step per optimizer step whatever the process count: lr of step s = lr0 (4 - (s-1)) / 4
+    lr0 = rte["hyperparameters"]["learning_rate"]
+    assert [h["lr"] for h in rte["per_seed"][0]["history"]] == pytest.approx([lr0 * 3 / 4, lr0 * 1 / 4])
     mnli = json.loads((out / "mnli.json").read_text())
     assert mnli["n_dev"] == {"validation_matched": 3, "validation_mismatched": 4}

@@ -47,6 +47,8 @@ def test_finetune_quickstart_model_end_to_end(quickstart_model, fixtures_dir, tm
     assert run["steps"] == 12 and [h["step"] for h in run["history"]] == [3, 6, 9, 12]  # 24 rows / 8, per epoch
     assert res["n_train"] == 24 and res["n_dev"] == {"validation": 8}
     assert all(math.isfinite(h["train_loss"]) for h in run["history"])
+    # linear decay to 0 over the 12 optimizer steps (warmup int(0.06 * 12) = 0): lr of step s is 1e-3 (12 - (s-1)) / 12
+    assert [h["lr"] for h in run["history"]] == pytest.approx([1e-3 * (13 - s) / 12 for s in (3, 6, 9, 12)])
     assert res["metrics"]["accuracy"] == max(h["metrics"]["accuracy"] for h in run["history"])  # best dev eval
     assert res["hyperparameters"]["learning_rate"] == 1.0e-3
     assert "sst2 (finetune): accuracy" in capsys.readouterr().out
