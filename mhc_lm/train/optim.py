@@ -65,7 +65,7 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "cosine":
-        span = max(1, max_steps - warmup)
+        span = max(1, max_steps - 1 - warmup)  # the last step (max_steps - 1) trains at the floor
         progress = min(1.0, (step - warmup) / span)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     # wsd: stable until the decay phase, then linear to the floor at the last step

@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 # dense bf16 peak TFLOP/s per device, matched against torch.cuda.get_device_name()
-KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
+# (first match wins: the specific variants before the generic names)
+KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
+                     "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
 PACKAGES = ("torch", "transformers", "accelerate", "deepspeed", "datasets", "tokenizers", "triton", "mhc-lm")
 
 
@@ -64,7 +66,14 @@ class MetricsWriter:
         """On resume: drop lines logged after the resumed checkpoint (atomic rewrite)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        kept = []
+        for ln in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:  # a line torn by a kill mid-write
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
+                kept.append(ln)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(ln + "\n" for ln in kept))
         tmp.replace(self.path)

@@ -23,11 +23,24 @@ from tqdm.auto import tqdm
 
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.callbacks import default_callbacks
-from mhc_lm.train.config import RunConfig, build_model_config, resolved, save_config
+from mhc_lm.config_utils import ConfigError, to_dict
+from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
 from mhc_lm.train.data import DataBundle, build_data
 from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
 from mhc_lm.train.optim import build_optimizer, build_scheduler
 from mhc_lm.train.run_log import MetricsWriter, default_peak_tflops, flops_per_token, memory_stats, write_meta
+
+
+
+# What a resumed run must share with the run that wrote its checkpoints (anything else, e.g.
+# train.max_steps, evaluation, logging, checkpointing and metrics settings, may change).
+RESUME_FIXED = {
+    "model": None,  # every field
+    "data": None,
+    "optim": None,
+    "train": ("seed", "batch_size", "micro_batch_size", "mixed_precision", "grad_clip"),
+}
+RESUME_FREE_DATA = {"num_proc", "overwrite", "out_dir"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -117,12 +130,61 @@ class Trainer:
             flat = _flatten(to_dict(self.config))
             acc.init_trackers(self.config.logging.project, config=flat)
 
-    def _resume(self) -> None:
+    def _resume_path(self) -> Path | None:
         choice = self.config.checkpoint.resume
         if choice == "none":
+            return None
+        if choice == "auto":
+            return ckpt_lib.latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
+        path = Path(choice)
+        if not (path / ckpt_lib.STATE_FILE).is_file():
+            raise FileNotFoundError(f"checkpoint.resume={choice}: not a complete checkpoint (no {ckpt_lib.STATE_FILE})")
+        return path
+
+    def _check_previous_run(self, resume_path: Path | None) -> None:
+        """Refuse to mix two runs in one run_dir (before anything in it is written)."""
+        run_dir, cfg = self.run_dir, self.config
+        metrics = run_dir / "metrics.jsonl"
+        holds_run = (run_dir.is_dir() and bool(ckpt_lib.complete_checkpoints(run_dir))) or (
+            metrics.is_file() and metrics.stat().st_size > 0)
+        if cfg.checkpoint.resume == "none" and holds_run:
+            raise ConfigError(
+                f"{run_dir} already holds a run (checkpoints/ or metrics.jsonl) and checkpoint.resume=none: a new run "
+                "would mix its logs and checkpoints with the old ones. Fix: choose a new run_dir, delete the old "
+                "one, or resume it (checkpoint.resume=auto)")
+        old_path = (resume_path.parents[1] if resume_path is not None else run_dir) / "config.yaml"
+        if resume_path is None or not old_path.is_file():
             return
-        path = ckpt_lib.latest_checkpoint(self.run_dir) if choice == "auto" else Path(choice)
+        old = to_dict(resolved(load_run_config(old_path)))
+        new = to_dict(resolved(self.config, self.unwrapped_model.config))
+        diffs = []
+        for section, keys in RESUME_FIXED.items():
+            names = keys or sorted(set(old.get(section, {})) | set(new.get(section, {})))
+            for key in names:
+                if key == "preset" or (section == "data" and key in RESUME_FREE_DATA):
+                    continue
+                a, b = old.get(section, {}).get(key), new.get(section, {}).get(key)
+                if a != b:
+                    diffs.append(f"{section}.{key}: {a!r} -> {b!r}")
+        if diffs:
+            raise ConfigError(
+                f"{resume_path} was written by a run with other settings ({'; '.join(diffs)}); resuming needs the "
+                "same model, data, optimizer and batch settings. Fix: use a new run_dir (or restore those values). "
+                "Free to change on resume: train.max_steps, evaluation, logging, checkpoint and metrics settings.")
+        if old["train"]["max_steps"] != new["train"]["max_steps"] and self.accelerator.is_main_process:
+            print(f"[mhc-lm] train.max_steps {old['train']['max_steps']} -> {new['train']['max_steps']}: the LR "
+                  "schedule follows the new length from the resumed step on", flush=True)
+
+    def _resume(self, path: Path | None) -> None:
+        acc = self.accelerator
+        diverged = self.run_dir / "DIVERGED"
+        if acc.is_main_process and diverged.is_file():  # an earlier attempt diverged: this one retries
+            print(f"[mhc-lm] {diverged} from an earlier attempt: {diverged.read_text().strip()} (file removed, "
+                  "retrying)", flush=True)
+            diverged.unlink()
         if path is None:
+            if acc.is_main_process:
+                self.writer.truncate_after(-1)  # a run that died before its first checkpoint: start the log over
             return
         state = ckpt_lib.load_checkpoint(self.accelerator, path)
         self.step, self.tokens = state["step"], state["tokens"]
@@ -229,8 +291,10 @@ class Trainer:
     def fit(self) -> str:
         """Train to max_steps (or until SIGTERM/SIGINT). Returns "completed" or "interrupted"."""
         acc, cfg = self.accelerator, self.config
+        resume_path = self._resume_path()
+        self._check_previous_run(resume_path)
         self._prepare_run_dir()
-        self._resume()
+        self._resume(resume_path)
         start_step = self.step
         previous = self._install_signal_handlers()
         for cb in self.callbacks:

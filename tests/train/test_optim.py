@@ -35,7 +35,8 @@ def test_warmup_cosine():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a <= b for a, b in zip(f[:10], f[1:10]))
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
-    assert f[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert f[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 89)))
+    assert f[99] == pytest.approx(0.1)  # the last step that runs is at min_lr
     assert lr_factor(100, cfg, 100) == pytest.approx(0.1)
 
 

@@ -1,6 +1,7 @@
 """In-process runs of the tiny model: metrics contract, run dir, callbacks, crash during a
 checkpoint write, NaN stop, export."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,59 @@ def test_metrics_callbacks_are_built_when_available(tmp_path, monkeypatch):
     assert seen == [(cfg, trainer)] and isinstance(trainer.callbacks[-1], Recorder)
     cfg_off = tiny_config(tmp_path / "off", metrics={"enabled": False}, train={"max_steps": 2})
     assert Trainer(cfg_off, data=toy_data(cfg_off)).callbacks == []
+
+
+def test_resume_refuses_other_settings_and_keeps_the_run_records(tmp_path):
+    from mhc_lm.config_utils import ConfigError
+
+    run_dir = tmp_path / "run"
+    run(tiny_config(run_dir, "mhc", train={"max_steps": 4}))
+    before = (run_dir / "config.yaml").read_text()
+    bad = [({"model": {"hidden_size": 48}}, "model.hidden_size: 32 -> 48"),
+           ({"optim": {"lr": 1e-2}}, "optim.lr: 0.003 -> 0.01"),
+           ({"train": {"max_steps": 8, "batch_size": 8}}, "train.batch_size: 4 -> 8")]
+    for sections, named in bad:
+        cfg = tiny_config(run_dir, "mhc", **{k: {**({"max_steps": 8} if k == "train" else {}), **v}
+                                            for k, v in sections.items()})
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            Trainer(cfg, data=toy_data(cfg)).fit()
+        assert (run_dir / "config.yaml").read_text() == before  # nothing of the old run was overwritten
+    with pytest.raises(ConfigError, match=r"residual_mode: 'mhc' -> 'hc'"):
+        cfg = tiny_config(run_dir, "hc", train={"max_steps": 8})
+        Trainer(cfg, data=toy_data(cfg)).fit()
+    # a longer run is fine: it resumes at step 4
+    trainer, status = run(tiny_config(run_dir, "mhc", train={"max_steps": 6}))
+    assert status == "completed" and [s for s, _ in losses(run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_none_refuses_a_used_run_dir(tmp_path):
+    from mhc_lm.config_utils import ConfigError
+
+    run_dir = tmp_path / "run"
+    run(tiny_config(run_dir, "standard", train={"max_steps": 4}))
+    ckpts = [p.name for p in ckpt_lib.complete_checkpoints(run_dir)]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(tiny_config(run_dir, "standard", train={"max_steps": 4}, checkpoint={"resume": "none"}))
+    assert [p.name for p in ckpt_lib.complete_checkpoints(run_dir)] == ckpts
+    run(tiny_config(tmp_path / "fresh", "standard", train={"max_steps": 2}, checkpoint={"resume": "none"}))
+
+
+def test_restart_before_the_first_checkpoint_starts_the_log_over(tmp_path):
+    class Killed(BaseException):
+        pass
+
+    class DieAt3(BaseCallback):
+        def on_step_end(self, trainer, step, logs):
+            if step == 3:
+                raise Killed
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(run_dir, "standard", train={"max_steps": 6}, checkpoint={"every": 5})
+    with pytest.raises(Killed):
+        run(cfg, callbacks=[DieAt3()])
+    with (run_dir / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 3, "lo')  # a line torn by the kill
+    (run_dir / "DIVERGED").write_text("an earlier attempt\n")
+    run(cfg)
+    assert [s for s, _ in losses(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert not (run_dir / "DIVERGED").exists()
