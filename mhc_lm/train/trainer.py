@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mhc_lm.train import checkpoint as ckpt_lib
@@ -41,6 +41,8 @@ RESUME_FIXED = {
     "train": ("seed", "batch_size", "micro_batch_size", "mixed_precision", "grad_clip"),
 }
 RESUME_FREE_DATA = {"num_proc", "overwrite", "out_dir"}
+MAX_FP16_OVERFLOWS = 20
+"""Consecutive fp16 loss-scale overflows (skipped steps) after which the run counts as diverged."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,6 +88,7 @@ class Trainer:
         self.callbacks = list(callbacks or []) + default_callbacks(config, self)
         self._stop_signal: int | None = None
         self._last_saved_step = -1
+        self._fp16_overflows = 0
 
     # ---------------------------------------------------------------- setup helpers
     def _check_model_vs_data(self, model_config) -> None:
@@ -271,13 +274,31 @@ class Trainer:
                     grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
                     mean_loss = acc.reduce(loss_sum / self.accumulation, "mean").item()
                     gn = float(grad_norm) if grad_norm is not None else float("nan")
-                    if not math.isfinite(mean_loss) or (acc.distributed_type != DistributedType.DEEPSPEED
-                                                        and not math.isfinite(gn)):
-                        self._diverged(mean_loss, gn)
+                    self._check_finite(mean_loss, gn, grad_norm is not None)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return mean_loss, gn
+
+    def _check_finite(self, loss: float, gn: float, has_norm: bool) -> None:
+        """Stop on a non-finite loss or gradient norm, before the optimizer step and any checkpoint.
+
+        fp16: an infinite norm is a loss-scale overflow that the grad scaler (or DeepSpeed's fp16
+        optimizer) skips by itself; only MAX_FP16_OVERFLOWS of them in a row stop the run.
+        DeepSpeed steps inside backward() at the accumulation boundary, so there the check comes
+        after its step (a bf16 engine skips overflowing steps itself; an fp32 one has applied it);
+        either way the run stops before anything is saved, and the last checkpoint is intact.
+        """
+        if not math.isfinite(loss):
+            self._diverged(loss, gn)
+        if not has_norm or math.isfinite(gn):
+            self._fp16_overflows = 0
+            return
+        if self.accelerator.mixed_precision == "fp16":
+            self._fp16_overflows += 1
+            if self._fp16_overflows < MAX_FP16_OVERFLOWS:
+                return
+        self._diverged(loss, gn)
 
     def _diverged(self, loss: float, grad_norm: float):
         last = ckpt_lib.latest_checkpoint(self.run_dir)

@@ -282,3 +282,31 @@ def test_restart_before_the_first_checkpoint_starts_the_log_over(tmp_path):
     run(cfg)
     assert [s for s, _ in losses(run_dir)] == [1, 2, 3, 4, 5, 6]
     assert not (run_dir / "DIVERGED").exists()
+
+
+def test_fp16_overflows_are_skipped_until_too_many_in_a_row():
+    from types import SimpleNamespace
+
+    from mhc_lm.train.trainer import MAX_FP16_OVERFLOWS
+
+    def fake(precision):
+        def diverged(loss, gn):
+            raise TrainingDiverged(f"{loss} {gn}")
+        return SimpleNamespace(accelerator=SimpleNamespace(mixed_precision=precision), _fp16_overflows=0,
+                               _diverged=diverged)
+
+    check = Trainer._check_finite
+    t = fake("fp16")
+    for _ in range(MAX_FP16_OVERFLOWS - 1):
+        check(t, 1.0, float("inf"), True)  # loss-scale overflow: the scaler skips the step
+    check(t, 1.0, 2.0, True)  # a good step resets the count
+    assert t._fp16_overflows == 0
+    for _ in range(MAX_FP16_OVERFLOWS - 1):
+        check(t, 1.0, float("inf"), True)
+    with pytest.raises(TrainingDiverged):
+        check(t, 1.0, float("inf"), True)
+    with pytest.raises(TrainingDiverged):
+        check(fake("fp16"), float("nan"), 1.0, True)  # a NaN loss is never an overflow
+    with pytest.raises(TrainingDiverged):
+        check(fake("bf16"), 1.0, float("nan"), True)  # bf16 / fp32: the first non-finite norm stops
+    check(fake("bf16"), 1.0, float("nan"), False)  # no norm reported (DeepSpeed without an engine norm)
