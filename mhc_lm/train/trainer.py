@@ -71,6 +71,7 @@ class Trainer:
             apply_activation_checkpointing(model)
         if config.train.compile:
             apply_compile(model)
+        self.num_parameters = sum(p.numel() for p in model.parameters())  # before ZeRO-3 / FSDP shard them
         optimizer = build_optimizer(model, config.optim, acc.device.type)
         self.scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
         # the scheduler stays out of prepare(): Accelerate would step it once per process
@@ -121,7 +122,7 @@ class Trainer:
             write_meta(self.run_dir / "meta.json", {
                 "world_size": self.world_size, "accumulation": self.accumulation,
                 "distributed_type": str(acc.distributed_type), "mixed_precision": acc.mixed_precision,
-                "num_parameters": sum(p.numel() for p in self.unwrapped_model.parameters()),
+                "num_parameters": self.num_parameters,
                 "data_dir": str(self.data.prepared_dir) if self.data.prepared_dir else None,
             })
             if self.data.tokenizer is not None and not (self.run_dir / "tokenizer").is_dir():
