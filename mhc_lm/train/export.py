@@ -77,8 +77,22 @@ def publish_in_run_dir(run_dir: Path, hf_dir: Path) -> list[str]:
 
 
 def export_from_trainer(trainer) -> Path | None:
-    """Collective (ZeRO-3 / FSDP gather the full state dict); the main process writes run_dir/hf."""
+    """Collective (ZeRO-3 / FSDP gather the full state dict); the main process writes run_dir/hf.
+
+    Under DeepSpeed the engine's module holds 16-bit weights when bf16/fp16 is on; the fp32
+    master weights are in the checkpoint just written at this step, so the export is made from
+    it (consolidated with zero_to_fp32) whenever it exists."""
+    from accelerate.utils import DistributedType
+
+    from mhc_lm.train.checkpoint import checkpoint_dir
+
     acc = trainer.accelerator
+    ckpt = checkpoint_dir(trainer.run_dir, trainer.step)
+    if acc.distributed_type == DistributedType.DEEPSPEED and getattr(trainer, "_last_saved_step", -1) == trainer.step:
+        acc.wait_for_everyone()
+        out = export_run_dir(trainer.run_dir, checkpoint=ckpt) if acc.is_main_process else None
+        acc.wait_for_everyone()
+        return out
     state_dict = acc.get_state_dict(trainer.model)
     out = None
     if acc.is_main_process:
