@@ -10,6 +10,9 @@ b is the slice perm[b*B*W : (b+1)*B*W] (B = per-rank batch, W = world size); ran
 r-th block of B. Hence ranks never share a window within an epoch, and a run with W ranks of
 batch B sees the same global batches as one rank with batch B*W. The tail of the permutation
 that does not fill a global batch is skipped that epoch (it is a different tail next epoch).
+With `step_windows` (the windows of one optimizer step: the global batch, accumulation
+included) the epoch is cut at a multiple of it instead, so where an epoch ends, and hence every
+later batch, does not depend on how a step is split into micro-batches and ranks.
 
 State is (epoch, next batch index); `load_state_dict` restores it, so a resumed run yields
 exactly the batches an uninterrupted run would have.
@@ -27,7 +30,7 @@ class WindowLoader:
     """Infinite iterator of {"input_ids", "labels"}: LongTensor (batch_size, seq_len) each."""
 
     def __init__(self, dataset: PackedTokens, seq_len: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, step_windows: int | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         if seq_len < 1 or batch_size < 1:
@@ -35,12 +38,16 @@ class WindowLoader:
         self.dataset, self.seq_len, self.batch_size = dataset, seq_len, batch_size
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
         self.num_windows = max(len(dataset) - 1, 0) // seq_len
-        self.batches_per_epoch = self.num_windows // (batch_size * world_size)
+        per_batch = batch_size * world_size
+        if step_windows is not None and (step_windows < per_batch or step_windows % per_batch):
+            raise ValueError(f"step_windows={step_windows} must be a multiple of batch_size x world_size = {per_batch}")
+        unit = step_windows or per_batch
+        self.batches_per_epoch = (self.num_windows // unit) * (unit // per_batch)
         if self.batches_per_epoch == 0:
             split = getattr(dataset, "split", "?")
             raise ValueError(
                 f"split {split!r} has {len(dataset)} tokens = {self.num_windows} windows of seq_len+1={seq_len + 1}, "
-                f"fewer than one global batch (batch_size {batch_size} x world_size {world_size}). "
+                f"fewer than one global batch ({unit} windows). "
                 "Fix: lower seq_len or batch_size, or give the split more text (data.val_fraction / data.val_files)."
             )
         self.epoch = 0

@@ -74,6 +74,25 @@ def test_global_batches_do_not_depend_on_the_rank_split(prepared):
         assert torch.equal(full, halves)
 
 
+def test_epochs_end_on_optimizer_steps_whatever_the_micro_batch(prepared):
+    """A step of 20 windows as 1 x 20, as 5 micro-batches of 4, or as 2 ranks x 2 micro-batches of 5:
+    the same windows in every step, across epoch boundaries too."""
+    ds = PackedTokens(prepared[0], "train")
+    whole = WindowLoader(ds, 16, 20, seed=5, step_windows=20)
+    micro = WindowLoader(ds, 16, 4, seed=5, step_windows=20)
+    ranks = [WindowLoader(ds, 16, 5, rank=r, world_size=2, seed=5, step_windows=20) for r in range(2)]
+    assert len(whole) * 20 == len(micro) * 4 == len(ranks[0]) * 10 == (whole.num_windows // 20) * 20
+    assert whole.num_windows % 20 >= 4, "the fixture must leave a tail of a micro-batch, or the test proves nothing"
+    for _ in range(2 * len(whole) + 1):  # past two epoch boundaries
+        want = next(whole)["input_ids"]
+        got_micro = torch.cat([next(micro)["input_ids"] for _ in range(5)])
+        got_ranks = torch.cat([torch.cat([next(ranks[r])["input_ids"] for r in range(2)]) for _ in range(2)])
+        assert torch.equal(got_micro, want)
+        assert torch.equal(got_ranks, want)
+    with pytest.raises(ValueError, match="multiple"):
+        WindowLoader(ds, 16, 4, step_windows=10)
+
+
 @pytest.mark.parametrize("where", ["mid_epoch", "next_epoch"])
 def test_resume_reproduces_the_remaining_batches(prepared, where):
     ds = PackedTokens(prepared[0], "train")
