@@ -118,6 +118,9 @@ def load_checkpoint_weights(ckpt: Path) -> dict[str, torch.Tensor]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="pytorch_model")
+    if any(ckpt.glob("pytorch_model_fsdp_*")):
+        raise NotImplementedError(f"{ckpt}: a sharded FSDP checkpoint; launch/export_hf.py does not read those yet. "
+                                  "Export with train.export_hf at the end of the run (it gathers the full state dict)")
     raise FileNotFoundError(f"{ckpt}: no model.safetensors, pytorch_model.bin or DeepSpeed pytorch_model/ found")
 
 
