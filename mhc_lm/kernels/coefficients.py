@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import check_device, interpreted, next_pow2
+from .launch import check_device, interpreted, next_pow2, on_device
 
 
 @triton.jit
@@ -136,10 +136,11 @@ def _coef_op(
     logits, proj, rstd = torch.empty((T, n, n), **kw), torch.empty((T, M), **kw), torch.empty((T,), **kw)
     if T:
         BT, BK = _blocks(T)
-        _coef_fwd_kernel[(triton.cdiv(T, BT),)](
-            x, phi, alpha, bias, h_pre, h_post, logits, proj, rstd, T, K, float(eps),
-            N=n, M=M, MP=max(16, next_pow2(M)), BT=BT, BK=BK,
-        )
+        with on_device(x):
+            _coef_fwd_kernel[(triton.cdiv(T, BT),)](
+                x, phi, alpha, bias, h_pre, h_post, logits, proj, rstd, T, K, float(eps),
+                N=n, M=M, MP=max(16, next_pow2(M)), BT=BT, BK=BK,
+            )
     return h_pre, h_post, logits, proj, rstd
 
 
@@ -163,17 +164,20 @@ def _coef_backward_op(
         return gx, torch.zeros_like(phi)
     BT, BK = _blocks(T)
     MP = max(16, next_pow2(M))
-    _coef_dx_kernel[(triton.cdiv(T, BT),)](x, phi, gp, proj, rstd, gx, T, K, M=M, MP=MP, BT=BT, BK=BK)
+    with on_device(x):
+        _coef_dx_kernel[(triton.cdiv(T, BT),)](x, phi, gp, proj, rstd, gx, T, K, M=M, MP=MP, BT=BT, BK=BK)
     k_blocks = triton.cdiv(K, BK)
     splits = 1 if interpreted() else max(1, min(triton.cdiv(T, BT), triton.cdiv(4 * 132, k_blocks)))
     part = torch.empty((splits, K, M), dtype=torch.float32, device=x.device)
-    _coef_dphi_kernel[(k_blocks, splits)](x, gp, rstd, part, T, K, splits, M=M, MP=MP, BT=BT, BK=BK)
+    with on_device(x):
+        _coef_dphi_kernel[(k_blocks, splits)](x, gp, rstd, part, T, K, splits, M=M, MP=MP, BT=BT, BK=BK)
     return gx, part.sum(0).to(phi.dtype)
 
 
 @_coef_backward_op.register_fake
 def _(x_flat, phi, grad_proj, proj, rstd):
-    return torch.empty_like(x_flat), torch.empty_like(phi)
+    return (torch.empty_like(x_flat, memory_format=torch.contiguous_format),
+            torch.empty_like(phi, memory_format=torch.contiguous_format))
 
 
 def _setup(ctx, inputs, output):

@@ -8,6 +8,7 @@ Two regimes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -37,6 +38,12 @@ def check_device(name: str, *tensors: torch.Tensor) -> None:
         "TRITON_INTERPRET=1 in the environment before importing mhc_lm.kernels, or use the "
         "references in mhc_lm.model.stream_ops / mhc_lm.model.sinkhorn."
     )
+
+
+def on_device(t: torch.Tensor):
+    """Launch context: Triton launches on the *current* CUDA device and its stream, so make the
+    tensors' device current (tensors on cuda:1 while cuda:0 is current would otherwise run on 0)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def next_pow2(x: int) -> int:

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import check_device, next_pow2, token_block
+from .launch import check_device, next_pow2, on_device, token_block
 
 
 @triton.jit
@@ -47,7 +47,7 @@ def _normalise_bwd(p_in, g, mask, EPS, AXIS: tl.constexpr):
 def _load_tile(ptr, T, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr):
     """(BT, NP, NP) fp32 tile of tokens [pid*BT, pid*BT + BT), its offsets and mask."""
     pid = tl.program_id(0)
-    t = pid * BT + tl.arange(0, BT)
+    t = (pid * BT + tl.arange(0, BT)).to(tl.int64)
     i = tl.arange(0, NP)
     j = tl.arange(0, NP)
     t3 = t[:, None, None]
@@ -134,7 +134,8 @@ def _sinkhorn_op(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     out = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
     if T:
         BT, grid = _grid(T, n)
-        _sinkhorn_fwd_kernel[grid](flat, out, T, float(eps), N=n, NP=next_pow2(n), ITERS=int(iters), BT=BT)
+        with on_device(flat):
+            _sinkhorn_fwd_kernel[grid](flat, out, T, float(eps), N=n, NP=next_pow2(n), ITERS=int(iters), BT=BT)
     return out.view(logits.shape)
 
 
@@ -150,13 +151,14 @@ def _sinkhorn_backward_op(logits: torch.Tensor, grad: torch.Tensor, iters: int, 
     grad_logits = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
     if T:
         BT, grid = _grid(T, n)
-        _sinkhorn_bwd_kernel[grid](flat, g, grad_logits, T, float(eps), N=n, NP=next_pow2(n), ITERS=int(iters), BT=BT)
+        with on_device(flat):
+            _sinkhorn_bwd_kernel[grid](flat, g, grad_logits, T, float(eps), N=n, NP=next_pow2(n), ITERS=int(iters), BT=BT)
     return grad_logits.view(logits.shape).to(logits.dtype)
 
 
 @_sinkhorn_backward_op.register_fake
 def _(logits, grad, iters, eps):
-    return torch.empty_like(logits)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _setup(ctx, inputs, output):

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import channel_block, check_device, next_pow2, token_block
+from .launch import channel_block, check_device, next_pow2, on_device, token_block
 
 
 @triton.jit
@@ -155,6 +155,11 @@ def _check_post(x, f_out, h_res, h_post) -> None:
             raise ValueError(f"fused_post_res: {name} must be {want[name]} for x {tuple(x.shape)}, got {tuple(t.shape)}")
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """Fake output like t but contiguous, as the real ops return (they call .contiguous() first)."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 # ---------------------------------------------------------------- pre_mix
 @torch.library.custom_op("mhc_lm::pre_mix", mutates_args=())
 def _pre_mix_op(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
@@ -165,7 +170,8 @@ def _pre_mix_op(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     y = torch.empty((N, C), dtype=x.dtype, device=x.device)
     if N and C:
         BT, BC, grid = _blocks(N, C, n)
-        _pre_mix_fwd_kernel[grid](x, h_pre, y, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
+        with on_device(x):
+            _pre_mix_fwd_kernel[grid](x, h_pre, y, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
     return y
 
 
@@ -182,13 +188,14 @@ def _pre_mix_backward_op(x: torch.Tensor, h_pre: torch.Tensor, grad: torch.Tenso
     gh = torch.zeros((N, n), dtype=torch.float32, device=x.device)
     if N and C:
         BT, BC, grid = _blocks(N, C, n)
-        _pre_mix_bwd_kernel[grid](x, h_pre, grad, gx, gh, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
+        with on_device(x):
+            _pre_mix_bwd_kernel[grid](x, h_pre, grad, gx, gh, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
     return gx, gh.to(h_pre.dtype)
 
 
 @_pre_mix_backward_op.register_fake
 def _(x, h_pre, grad):
-    return torch.empty_like(x), torch.empty_like(h_pre)
+    return _dense(x), _dense(h_pre)
 
 
 def _pre_mix_setup(ctx, inputs, output):
@@ -213,13 +220,14 @@ def _post_res_op(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_po
     out = torch.empty_like(x)
     if N and C:
         BT, BC, grid = _blocks(N, C, n)
-        _post_res_fwd_kernel[grid](x, f_out, h_res, h_post, out, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
+        with on_device(x):
+            _post_res_fwd_kernel[grid](x, f_out, h_res, h_post, out, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
     return out
 
 
 @_post_res_op.register_fake
 def _(x, f_out, h_res, h_post):
-    return torch.empty_like(x)
+    return _dense(x)
 
 
 @torch.library.custom_op("mhc_lm::post_res_backward", mutates_args=())
@@ -233,15 +241,16 @@ def _post_res_backward_op(
     ghp = torch.zeros((N, n), dtype=torch.float32, device=x.device)
     if N and C:
         BT, BC, grid = _blocks(N, C, n)
-        _post_res_bwd_kernel[grid](
-            x, f_out, h_res, h_post, grad, gx, gf, ghr, ghp, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC
-        )
+        with on_device(x):
+            _post_res_bwd_kernel[grid](
+                x, f_out, h_res, h_post, grad, gx, gf, ghr, ghp, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC
+            )
     return gx, gf, ghr.to(h_res.dtype), ghp.to(h_post.dtype)
 
 
 @_post_res_backward_op.register_fake
 def _(x, f_out, h_res, h_post, grad):
-    return torch.empty_like(x), torch.empty_like(f_out), torch.empty_like(h_res), torch.empty_like(h_post)
+    return _dense(x), _dense(f_out), _dense(h_res), _dense(h_post)
 
 
 def _post_res_setup(ctx, inputs, output):

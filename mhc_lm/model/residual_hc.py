@@ -89,8 +89,8 @@ class HyperConnection(nn.Module):
         a_m, a_r, b = self.coefficients(xs)
         if self.record_mixing:
             self.last_mixing = a_r.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
-        pre_mix = dispatch("pre_mix", self.fused, x.device)
-        post_res = dispatch("post_res", self.fused, x.device)
+        pre_mix = dispatch("pre_mix", self.fused, x.device, n)
+        post_res = dispatch("post_res", self.fused, x.device, n)
         h = pre_mix(xs, a_m).view(B, T, C)  # width connection
         f = sublayer(h)  # (B, T, C)
         return post_res(xs, f.reshape(B * T, C), a_r, b).view(B, T, n, C)  # depth connection

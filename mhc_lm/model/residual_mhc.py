@@ -64,7 +64,7 @@ class ManifoldHyperConnection(nn.Module):
     def coefficients(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """xs (N, n, C) -> H_pre (N, n), H_post (N, n), H_res (N, n, n) [old i, new j], fp32."""
         N, n, C = xs.shape
-        project = dispatch("mhc_coefficients", self.fused, xs.device)
+        project = dispatch("mhc_coefficients", self.fused, xs.device, self.n_streams)
         h_pre, h_post, logits = project(xs.reshape(N, n * C), self.phi, self.alpha, self.bias, n, self.eps)
         h_res = sinkhorn(logits, self.sinkhorn_iters, fused=self.fused)
         return h_pre, h_post, h_res
@@ -75,7 +75,7 @@ class ManifoldHyperConnection(nn.Module):
         h_pre, h_post, h_res = self.coefficients(xs)
         if self.record_mixing:
             self.last_mixing = h_res.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
-        pre_mix = dispatch("pre_mix", self.fused, x.device)
-        post_res = dispatch("post_res", self.fused, x.device)
+        pre_mix = dispatch("pre_mix", self.fused, x.device, self.n_streams)
+        post_res = dispatch("post_res", self.fused, x.device, self.n_streams)
         f = sublayer(pre_mix(xs, h_pre).view(B, T, C))  # F(H_pre x_l), (B, T, C)
         return post_res(xs, f.reshape(B * T, C), h_res, h_post).view(B, T, n, C)  # H_res x_l + H_post^T f

@@ -22,6 +22,8 @@ import torch
 
 DEFAULT_SINKHORN_ITERS = 20
 SINKHORN_EPS = 1e-6
+FUSED_MAX_N = 16
+"""Largest n the fused kernel holds in registers; larger matrices use the reference."""
 
 
 def sinkhorn_reference(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS, eps: float = SINKHORN_EPS) -> torch.Tensor:
@@ -56,7 +58,7 @@ def sinkhorn(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS, eps: flo
     `mhc_lm.kernels` package importable, the Triton kernel runs (same maths, recomputing
     backward); otherwise the reference above.
     """
-    if fused and logits.is_cuda:
+    if fused and logits.is_cuda and logits.shape[-1] <= FUSED_MAX_N:
         kernel = _fused_sinkhorn()
         if kernel is not None:
             return kernel(logits, iters, eps)

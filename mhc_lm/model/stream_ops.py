@@ -76,8 +76,16 @@ _REFERENCE = {
 }
 
 
-def dispatch(name: str, fused: bool, device: torch.device):
-    """The fused kernel for `name` when asked for, on CUDA and importable; else the reference."""
+# Largest stream count each fused kernel is built for (register / shared-memory tiles of n x n
+# or 2n + n^2 per token); beyond it the reference runs.
+FUSED_MAX_STREAMS = {"mhc_coefficients": 8, "pre_mix": 8, "post_res": 8, "sinkhorn": 16}
+
+
+def dispatch(name: str, fused: bool, device: torch.device, n_streams: int | None = None):
+    """The fused kernel for `name` when asked for, on CUDA, importable and sized for `n_streams`;
+    else the reference."""
+    if n_streams is not None and n_streams > FUSED_MAX_STREAMS.get(name, n_streams):
+        fused = False
     if fused and device.type == "cuda":
         kernel = _fused(name)
         if kernel is not None:

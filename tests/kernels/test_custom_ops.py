@@ -39,6 +39,36 @@ def test_opcheck(op):
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
+@pytest.mark.parametrize("op", ["post_res", "pre_mix", "sinkhorn"])
+def test_opcheck_non_contiguous_inputs(op):
+    """The fakes promise the (contiguous) layout the real ops return, also for permuted inputs."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(20, 3, 12, generator=g).permute(2, 1, 0)  # (12, 3, 20), not contiguous
+    args = {
+        "post_res": (x, torch.randn(20, 12, generator=g).t(), torch.rand(12, 3, 3, generator=g).transpose(1, 2),
+                     torch.rand(3, 12, generator=g).t()),
+        "pre_mix": (x, torch.rand(3, 12, generator=g).t()),
+        "sinkhorn": (torch.randn(4, 4, 12, generator=g).permute(2, 0, 1), 5, 1e-6),
+    }[op]
+    assert not args[0].is_contiguous()
+    args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
+    result = torch.library.opcheck(getattr(torch.ops.mhc_lm, op).default, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_dispatch_falls_back_beyond_the_kernels_stream_count():
+    cuda = torch.device("cuda")  # nothing is allocated: the choice is made from the arguments
+    for name, limit in stream_ops.FUSED_MAX_STREAMS.items():
+        if name == "sinkhorn":
+            continue
+        assert stream_ops.dispatch(name, True, cuda, limit + 1) is stream_ops._REFERENCE[name]
+        assert stream_ops.dispatch(name, True, torch.device("cpu"), 2) is stream_ops._REFERENCE[name]
+    from mhc_lm.model.sinkhorn import FUSED_MAX_N, sinkhorn
+
+    logits = torch.randn(3, FUSED_MAX_N + 1, FUSED_MAX_N + 1)
+    torch.testing.assert_close(sinkhorn(logits, 5, fused=True), sinkhorn_reference(logits, 5))
+
+
 def test_torch_compile_fullgraph_matches_eager():
     def step(x, f, hr, hp, logits):
         h = kernels.fused_sinkhorn(logits, 4, 1e-6)
@@ -56,7 +86,7 @@ def _kernels_on_cpu(monkeypatch) -> list:
     """Route the model's dispatch to the kernels on CPU (it picks them only on CUDA); returns the call log."""
     calls = []
 
-    def dispatch(name, fused, device):
+    def dispatch(name, fused, device, n_streams=None):
         if fused:
             calls.append(name)
             return getattr(kernels, f"fused_{name}")
