@@ -40,7 +40,7 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
 
 
 # Files of the run itself, never replaced by an exported file of the same name.
-_RUN_FILES = {"config.yaml", "meta.json", "metrics.jsonl", "DIVERGED", "stability.json", "command.txt"}
+_RUN_FILES = {"config.yaml", "meta.json", "metrics.jsonl", "DIVERGED", "stability.json"}
 _MANIFEST = ".hf_export_files.json"
 
 

@@ -21,16 +21,14 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from mhc_lm.config_utils import ConfigError, to_dict
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.callbacks import default_callbacks
-from mhc_lm.config_utils import ConfigError, to_dict
 from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
 from mhc_lm.train.data import DataBundle, build_data
 from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
 from mhc_lm.train.optim import build_optimizer, build_scheduler
 from mhc_lm.train.run_log import MetricsWriter, default_peak_tflops, flops_per_token, memory_stats, write_meta
-
-
 
 # What a resumed run must share with the run that wrote its checkpoints (anything else, e.g.
 # train.max_steps, evaluation, logging, checkpointing and metrics settings, may change).
