@@ -12,7 +12,8 @@ Numerics follow the reference kernels:
     repeat iters - 1 times: rows, then columns
 so one iteration = one row and one column normalisation and `iters=0` still returns a valid
 matrix, never raw logits: P0 normalised over its columns only (each new stream a convex
-combination of the old ones, as for every iters; rows are then only approximately 1). Everything runs in float32 (or float64 if given)
+combination of the old ones, as for every iters; rows are then only approximately 1).
+Everything runs in float32 (or float64 if given)
 whatever the autocast dtype.
 """
 
