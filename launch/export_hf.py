@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = export_run_dir(args.run_dir, args.out, args.checkpoint)
-    except (ConfigError, FileNotFoundError, NotImplementedError) as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {out}")

@@ -103,8 +103,22 @@ def export_from_trainer(trainer) -> Path | None:
     return out
 
 
+def _load_dcp_model(folder: Path) -> dict[str, torch.Tensor]:
+    """Full state dict from a torch.distributed.checkpoint folder (single process, no process group)."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "full.pt"
+        dcp_to_torch_save(str(folder), str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in state.items()}
+
+
 def load_checkpoint_weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 state dict of a checkpoint written by `accelerator.save_state` (plain or DeepSpeed)."""
+    """Full fp32 state dict of a checkpoint written by `accelerator.save_state` (plain, DeepSpeed or FSDP)."""
     ckpt = Path(ckpt)
     st = ckpt / "model.safetensors"
     if st.is_file():
@@ -118,9 +132,12 @@ def load_checkpoint_weights(ckpt: Path) -> dict[str, torch.Tensor]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="pytorch_model")
-    if any(ckpt.glob("pytorch_model_fsdp_*")):
-        raise NotImplementedError(f"{ckpt}: a sharded FSDP checkpoint; launch/export_hf.py does not read those yet. "
-                                  "Export with train.export_hf at the end of the run (it gathers the full state dict)")
+    full = ckpt / "pytorch_model_fsdp.bin"  # FSDP, FULL_STATE_DICT
+    if full.is_file():
+        return torch.load(full, map_location="cpu", weights_only=True)
+    sharded = ckpt / "pytorch_model_fsdp_0"  # FSDP, SHARDED_STATE_DICT: torch.distributed.checkpoint of {"model": sd}
+    if sharded.is_dir():
+        return _load_dcp_model(sharded)
     raise FileNotFoundError(f"{ckpt}: no model.safetensors, pytorch_model.bin or DeepSpeed pytorch_model/ found")
 
 

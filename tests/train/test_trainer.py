@@ -310,3 +310,23 @@ def test_fp16_overflows_are_skipped_until_too_many_in_a_row():
     with pytest.raises(TrainingDiverged):
         check(fake("bf16"), 1.0, float("nan"), True)  # bf16 / fp32: the first non-finite norm stops
     check(fake("bf16"), 1.0, float("nan"), False)  # no norm reported (DeepSpeed without an engine norm)
+
+
+def test_export_reads_an_fsdp_sharded_checkpoint(tmp_path):
+    """Accelerate's FSDP SHARDED_STATE_DICT layout (pytorch_model_fsdp_0/, a torch.distributed.checkpoint
+    of {"model": state_dict}), written here in one process since FSDP cannot run on CPU."""
+    import torch.distributed.checkpoint as dist_cp
+    from transformers import AutoModelForCausalLM
+
+    from mhc_lm.train.export import export_run_dir
+
+    trainer, _ = run(tiny_config(tmp_path / "run", "mhc", train={"max_steps": 4}))
+    ckpt = ckpt_lib.complete_checkpoints(tmp_path / "run")[-1]
+    state = {k: v.clone() for k, v in trainer.unwrapped_model.state_dict().items()}
+    (ckpt / "model.safetensors").unlink()
+    dist_cp.save(state_dict={"model": state}, storage_writer=dist_cp.FileSystemWriter(str(ckpt / "pytorch_model_fsdp_0")))
+    out = export_run_dir(tmp_path / "run", tmp_path / "hf_fsdp")
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)(ids).logits
+        torch.testing.assert_close(got, trainer.unwrapped_model(ids).logits)
