@@ -112,7 +112,7 @@ class Trainer:
             return None
         return self._to_device(next(iter(self.data.make_val_loader())))
 
-    def _prepare_run_dir(self) -> None:
+    def _prepare_run_dir(self, resume_step: int = 0) -> None:
         acc = self.accelerator
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,9 @@ class Trainer:
             from mhc_lm.config_utils import to_dict
 
             flat = _flatten(to_dict(self.config))
-            acc.init_trackers(self.config.logging.project, config=flat)
+            # a resumed run drops the TensorBoard events logged after its checkpoint, as metrics.jsonl does
+            init_kwargs = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step else {}
+            acc.init_trackers(self.config.logging.project, config=flat, init_kwargs=init_kwargs)
 
     def _resume_path(self) -> Path | None:
         choice = self.config.checkpoint.resume
@@ -313,7 +315,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         resume_path = self._resume_path()
         self._check_previous_run(resume_path)
-        self._prepare_run_dir()
+        self._prepare_run_dir(ckpt_lib.read_state(resume_path)["step"] if resume_path is not None else 0)
         self._resume(resume_path)
         start_step = self.step
         previous = self._install_signal_handlers()

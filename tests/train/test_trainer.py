@@ -330,3 +330,27 @@ def test_export_reads_an_fsdp_sharded_checkpoint(tmp_path):
     with torch.no_grad():
         got = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)(ids).logits
         torch.testing.assert_close(got, trainer.unwrapped_model(ids).logits)
+
+
+def test_tensorboard_events_after_the_resumed_step_are_dropped(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Killed(BaseException):
+        pass
+
+    class DieAt6(BaseCallback):
+        def on_step_end(self, trainer, step, logs):
+            if step == 6:
+                trainer._log(logs)  # step 6 reaches the trackers, then the process dies
+                raise Killed
+
+    cfg = tiny_config(tmp_path / "run", "standard", train={"max_steps": 8}, logging={"trackers": ["tensorboard"]})
+    with pytest.raises(Killed):
+        run(cfg, callbacks=[DieAt6()])
+    run(cfg)  # resumes at the step-4 checkpoint
+    logdir = tmp_path / "run" / cfg.logging.project  # both runs' scalar event files (hparams go to subfolders)
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 2
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("loss")]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8], steps
