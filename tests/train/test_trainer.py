@@ -312,6 +312,7 @@ def test_fp16_overflows_are_skipped_until_too_many_in_a_row():
     check(fake("bf16"), 1.0, float("nan"), False)  # no norm reported (DeepSpeed without an engine norm)
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 def test_export_reads_an_fsdp_sharded_checkpoint(tmp_path):
     """Accelerate's FSDP SHARDED_STATE_DICT layout (pytorch_model_fsdp_0/, a torch.distributed.checkpoint
     of {"model": state_dict}), written here in one process since FSDP cannot run on CPU."""
