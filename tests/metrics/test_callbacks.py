@@ -10,7 +10,7 @@ from mhc_lm.metrics import MetricsConfig, StabilityCallback, build_callbacks
 from mhc_lm.config_utils import ConfigError
 from mhc_lm.train import Trainer
 from mhc_lm.train.run_log import read_metrics
-from tests.train.helpers import tiny_config, toy_data
+from tests.train.helpers import DieAt, Killed, tiny_config, toy_data
 
 
 @pytest.fixture(autouse=True)
@@ -87,21 +87,6 @@ def test_build_callbacks_and_config_validation():
 
 def test_spike_state_survives_resume_with_sparse_logging(tmp_path):
     """log_every > 1: the metrics.jsonl cannot rebuild the history; the checkpointed state does."""
-
-    class Killed(BaseException):
-        pass
-
-    class Die:
-        def on_train_begin(self, trainer):
-            pass
-
-        def on_step_end(self, trainer, step, logs):
-            if step == 9:
-                raise Killed
-
-        def on_train_end(self, trainer):
-            pass
-
     def cfg(run_dir):
         return tiny_config(run_dir, "hc", train={"max_steps": 12},
                            metrics={"enabled": True, "probe_every": 0, "spike_window": 4, "spike_min_history": 2,
@@ -110,7 +95,7 @@ def test_spike_state_survives_resume_with_sparse_logging(tmp_path):
 
     Trainer(cfg(tmp_path / "ref"), data=toy_data(cfg(tmp_path / "ref"))).fit()
     with pytest.raises(Killed):
-        Trainer(cfg(tmp_path / "run"), data=toy_data(cfg(tmp_path / "run")), callbacks=[Die()]).fit()
+        Trainer(cfg(tmp_path / "run"), data=toy_data(cfg(tmp_path / "run")), callbacks=[DieAt(9)]).fit()
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
     assert len(state["callbacks"]["stability"]["detectors"]["loss"]["history"]) == 4
     Trainer(cfg(tmp_path / "run"), data=toy_data(cfg(tmp_path / "run"))).fit()  # resumes at step 6

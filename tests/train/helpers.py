@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mhc_lm.config_utils import from_dict
+from mhc_lm.train.callbacks import BaseCallback
 from mhc_lm.train.config import RunConfig
 from mhc_lm.train.data import DataBundle
 
@@ -75,3 +76,20 @@ def tiny_config(run_dir, mode: str = "standard", **sections) -> RunConfig:
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return from_dict(RunConfig, data)
+
+
+class Killed(BaseException):
+    """A simulated kill: not an Exception, so nothing in the trainer catches it."""
+
+
+class DieAt(BaseCallback):
+    """Kills the run at the end of `step`; with `log=True` that step's line is logged first."""
+
+    def __init__(self, step: int, log: bool = False):
+        self.step, self.log = step, log
+
+    def on_step_end(self, trainer, step, logs):
+        if step == self.step:
+            if self.log:
+                trainer._log(logs)
+            raise Killed

@@ -11,7 +11,7 @@ from mhc_lm.config_utils import save_config
 from mhc_lm.train import BaseCallback, Trainer, TrainingDiverged
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.run_log import read_metrics
-from tests.train.helpers import tiny_config, toy_data
+from tests.train.helpers import DieAt, Killed, tiny_config, toy_data
 
 
 @pytest.fixture(autouse=True)
@@ -75,10 +75,6 @@ def test_run_dir_metrics_and_callbacks(tmp_path):
 def test_crash_during_checkpoint_write_resumes_from_previous(tmp_path, monkeypatch):
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     run(tiny_config(ref_dir, "hc"))
-
-    class Killed(BaseException):
-        pass
-
     real_save = ckpt_lib.save_checkpoint
 
     def dying_save(accelerator, rd, step, *args, **kwargs):
@@ -264,18 +260,10 @@ def test_resume_none_refuses_a_used_run_dir(tmp_path):
 
 
 def test_restart_before_the_first_checkpoint_starts_the_log_over(tmp_path):
-    class Killed(BaseException):
-        pass
-
-    class DieAt3(BaseCallback):
-        def on_step_end(self, trainer, step, logs):
-            if step == 3:
-                raise Killed
-
     run_dir = tmp_path / "run"
     cfg = tiny_config(run_dir, "standard", train={"max_steps": 6}, checkpoint={"every": 5})
     with pytest.raises(Killed):
-        run(cfg, callbacks=[DieAt3()])
+        run(cfg, callbacks=[DieAt(3)])
     with (run_dir / "metrics.jsonl").open("a") as fh:
         fh.write('{"step": 3, "lo')  # a line torn by the kill
     (run_dir / "DIVERGED").write_text("an earlier attempt\n")
@@ -336,18 +324,9 @@ def test_export_reads_an_fsdp_sharded_checkpoint(tmp_path):
 def test_tensorboard_events_after_the_resumed_step_are_dropped(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    class Killed(BaseException):
-        pass
-
-    class DieAt6(BaseCallback):
-        def on_step_end(self, trainer, step, logs):
-            if step == 6:
-                trainer._log(logs)  # step 6 reaches the trackers, then the process dies
-                raise Killed
-
     cfg = tiny_config(tmp_path / "run", "standard", train={"max_steps": 8}, logging={"trackers": ["tensorboard"]})
     with pytest.raises(Killed):
-        run(cfg, callbacks=[DieAt6()])
+        run(cfg, callbacks=[DieAt(6, log=True)])  # step 6 reaches the trackers, then dies
     run(cfg)  # resumes at the step-4 checkpoint
     logdir = tmp_path / "run" / cfg.logging.project  # both runs' scalar event files (hparams go to subfolders)
     assert len(list(logdir.glob("events.out.tfevents.*"))) == 2
