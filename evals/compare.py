@@ -127,8 +127,7 @@ def spike_stats(run: Run, name: str) -> tuple[float, float]:
     if len(counts):
         _, scores = run.series(f"spike/{name}_score")
         return counts[-1], (scores[-1] if len(scores) else float("nan"))
-    c = run.metrics_config
-    det = spike_detector(c)
+    det = spike_detector(run.metrics_config)
     for v in run.series(name, train_only=True)[1]:
         det.update(v)
     return float(det.count), det.score
@@ -139,8 +138,7 @@ def spike_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
     steps, counts = run.series("spike/loss_count")
     if len(counts):
         return steps, counts
-    c = run.metrics_config
-    det = spike_detector(c)
+    det = spike_detector(run.metrics_config)
     steps, values = run.series("loss", train_only=True)
     counts = []
     for v in values:

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {mode} | {s['final_train_loss']:.3f} | {val} | {s['tokens_per_s']:.0f} |")
     print(f"\nloss curves: {png}\nexported models: {args.out}/<mode> (files in <mode>/hf, linked at the top): "
           f"AutoModelForCausalLM.from_pretrained('{args.out}/{args.modes[0]}', trust_remote_code=True)\n"
-          f"compare the modes: python -m evals.compare {' '.join(f'{args.out}/{m}' for m in args.modes)} "
-          f"--out {args.out}/report")
+          f"compare the modes (-> {args.out}/compare): python -m evals.compare "
+          f"{' '.join(f'{args.out}/{m}' for m in args.modes)}")
     return 0
 
 

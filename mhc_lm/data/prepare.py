@@ -186,13 +186,14 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
     try:
         (staging / "cache").mkdir()
         train, val, streamed = _load_splits(cfg, staging / "cache")
+        # a Hub stream with local data.val_files: the whole stream is train (no hash split of it)
+        stream_cfg = replace(cfg, val_fraction=0.0) if (streamed and val is not None) else cfg
         tok_dir = staging / "tokenizer"
         if cfg.tokenizer:
             import_tokenizer(cfg.tokenizer, tok_dir)
             tok_source = cfg.tokenizer
         else:
-            split_cfg = replace(cfg, val_fraction=0.0) if (streamed and val is not None) else cfg
-            train_sentencepiece(_tokenizer_texts(train, split_cfg, streamed), cfg.vocab_size, tok_dir,
+            train_sentencepiece(_tokenizer_texts(train, stream_cfg, streamed), cfg.vocab_size, tok_dir,
                                 cfg.tokenizer_train_chars, cfg.seed)
             probes = [ROUND_TRIP_PROBE] + (list(val.select(range(min(3, len(val))))["text"]) if val is not None else [])
             check_encoder_agreement(tok_dir, probes)
@@ -201,15 +202,12 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
         vocab_size = max(len(tok), max(tok.get_vocab().values()) + 1)  # ids need not be contiguous
         dtype = choose_dtype(vocab_size, cfg.token_dtype)
         encoder = DocumentEncoder(tok_dir)
-        if streamed and val is not None:  # a Hub stream for train, local data.val_files for val
-            splits = _write_stream(train, encoder, staging, dtype, replace(cfg, val_fraction=0.0), progress)
-            splits["val"] = _write_split(val, "val", encoder, staging, dtype, cfg, progress)
-        elif streamed:
-            splits = _write_stream(train, encoder, staging, dtype, cfg, progress)
+        if streamed:
+            splits = _write_stream(train, encoder, staging, dtype, stream_cfg, progress)
         else:
             splits = {"train": _write_split(train, "train", encoder, staging, dtype, cfg, progress)}
-            if val is not None:
-                splits["val"] = _write_split(val, "val", encoder, staging, dtype, cfg, progress)
+        if val is not None:
+            splits["val"] = _write_split(val, "val", encoder, staging, dtype, cfg, progress)
         if splits["train"]["tokens"] == 0:
             raise ValueError(f"{inputs['sources']['train']}: the train split holds no tokens. Fix: check the input.")
         shutil.rmtree(staging / "cache")

@@ -36,6 +36,7 @@ class StabilityCallback:
         self.config = config
         self.detectors = {name: self._detector() for name in SPIKE_SERIES}
         self.volatility = VolatilityTracker(config.volatility_window)
+        self._restored = False  # set by load_state_dict (a resumed checkpoint carried the state)
 
     def _detector(self) -> SpikeDetector:
         c = self.config
@@ -55,7 +56,7 @@ class StabilityCallback:
         self._restored = True
 
     def on_train_begin(self, trainer) -> None:
-        if getattr(self, "_restored", False):
+        if self._restored:
             return
         path = Path(trainer.run_dir) / "metrics.jsonl"
         if getattr(trainer, "step", 0) > 0 and path.is_file():

@@ -104,11 +104,13 @@ def probe_model(
         inputs = [p for _, p in params] + [o for _, o in acts]
         grads = torch.autograd.grad(loss, inputs, allow_unused=True)
         pgrads = [g if g is not None else torch.zeros_like(p) for g, (_, p) in zip(grads, params)]
-        counts = vanished_counts(pgrads, eps)
-        # the same over the block F and embeddings only (no hc/mhc mixing parameters), so that the
-        # modes are compared on the parameters they share: mHC's phi gradients are tiny by design
-        backbone = [g for g, (name, _) in zip(pgrads, params) if MIXING_MARK not in name]
-        counts = torch.cat([counts, vanished_counts(backbone, eps)])
+        # also over the block F and embeddings only (no hc/mhc mixing parameters), so that the
+        # modes are compared on the parameters they share: mHC's phi gradients are tiny by design.
+        # Each gradient is counted once: all = backbone + mixing.
+        backbone = vanished_counts([g for g, (name, _) in zip(pgrads, params) if MIXING_MARK not in name], eps)
+        mixing = [g for g, (name, _) in zip(pgrads, params) if MIXING_MARK in name]
+        total = backbone + vanished_counts(mixing, eps) if mixing else backbone
+        counts = torch.cat([total, backbone])
         if reduce_counts is not None:
             counts = reduce_counts(counts)
         half = counts.numel() // 2

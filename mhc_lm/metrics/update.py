@@ -11,6 +11,7 @@ learning, layers far above it are being rewritten every step.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 
@@ -34,20 +35,20 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def update_ratios(before: dict[str, torch.Tensor], model: nn.Module) -> dict[str, float]:
     """{"update_ratio/<group>": ratio} between `before` (a `snapshot`) and the model's parameters now."""
-    delta_sq: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
-    param_sq: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+    sums: dict[str, list] = defaultdict(list)  # group -> [(|delta|^2, |theta|^2) per parameter], on device
     for name, p in model.named_parameters():
         old = before.get(name)
         if old is None or old.shape != p.shape:
             continue
         old32 = old.float()
-        d = (p.detach().float() - old32).pow(2).sum().double().cpu()
-        s = old32.pow(2).sum().double().cpu()
+        pair = torch.stack([(p.detach().float() - old32).pow(2).sum(), old32.pow(2).sum()]).double()
         for g in (group_of(name), "global"):
-            delta_sq[g] += d
-            param_sq[g] += s
-    return {f"update_ratio/{g}": float((delta_sq[g] / param_sq[g]).sqrt()) if param_sq[g] > 0 else float("nan")
-            for g in sorted(param_sq)}
+            sums[g].append(pair)
+    groups = sorted(sums)
+    if not groups:
+        return {}
+    totals = torch.stack([torch.stack(sums[g]).sum(0) for g in groups]).cpu().tolist()  # one host sync
+    return {f"update_ratio/{g}": math.sqrt(d / s) if s > 0 else float("nan") for g, (d, s) in zip(groups, totals)}
 
 
 __all__ = ["group_of", "snapshot", "update_ratios"]
