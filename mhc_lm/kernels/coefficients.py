@@ -22,17 +22,19 @@ reduces v^T gp over token splits (a second read of x) into (S, K, M) partials su
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
 
-from .launch import check_device, interpreted, next_pow2, on_device
+from .launch import Blocks, check_device, device_sms, interpreted, next_pow2, on_device
 
 
 @triton.jit
 def _coef_fwd_kernel(
     X, PHI, ALPHA, BIAS, HPRE, HPOST, LOGITS, PROJ, RSTD, T, K, EPS,
-    N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
     m = tl.arange(0, MP)
@@ -45,7 +47,7 @@ def _coef_fwd_kernel(
         kmask = k < K
         x = tl.load(X + t[:, None] * K + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
         phi = tl.load(PHI + k[:, None] * M + m[None, :], mask=kmask[:, None] & mmask[None, :], other=0.0).to(tl.float32)
-        acc = tl.dot(x, phi, acc, input_precision="ieee")  # (BT, MP)
+        acc = tl.dot(x, phi, acc, input_precision=PREC)  # (BT, MP)
         ss += tl.sum(x * x, axis=1)
     r = 1.0 / tl.sqrt(ss / K + EPS)  # (BT,)
     proj = acc * r[:, None]  # v phi
@@ -72,7 +74,7 @@ def _coef_fwd_kernel(
 @triton.jit
 def _coef_dx_kernel(
     X, PHI, GP, PROJ, RSTD, GX, T, K,
-    M: tl.constexpr, MP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    M: tl.constexpr, MP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
     m = tl.arange(0, MP)
@@ -86,7 +88,7 @@ def _coef_dx_kernel(
         k = k0 + tl.arange(0, BK)
         kmask = k < K
         phi = tl.load(PHI + k[:, None] * M + m[None, :], mask=kmask[:, None] & (m[None, :] < M), other=0.0).to(tl.float32)
-        dv = tl.dot(gp, tl.trans(phi), input_precision="ieee")  # (BT, BK)
+        dv = tl.dot(gp, tl.trans(phi), input_precision=PREC)  # (BT, BK)
         xmask = tmask[:, None] & kmask[None, :]
         x = tl.load(X + t[:, None] * K + k[None, :], mask=xmask, other=0.0).to(tl.float32)
         gx = r[:, None] * dv - x * coef[:, None]
@@ -96,7 +98,7 @@ def _coef_dx_kernel(
 @triton.jit
 def _coef_dphi_kernel(
     X, GP, RSTD, PART, T, K, SPLITS,
-    M: tl.constexpr, MP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    M: tl.constexpr, MP: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):
     kb = tl.program_id(0)
     split = tl.program_id(1)
@@ -111,16 +113,43 @@ def _coef_dphi_kernel(
         v = tl.load(X + t[:, None] * K + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
         v = v * r[:, None]  # (BT, BK)
         gp = tl.load(GP + t[:, None] * M + m[None, :], mask=tmask[:, None] & (m[None, :] < M), other=0.0)
-        acc = tl.dot(tl.trans(v), gp, acc, input_precision="ieee")  # (BK, MP)
+        acc = tl.dot(tl.trans(v), gp, acc, input_precision=PREC)  # (BK, MP)
     tl.store(
         PART + split * (K * M) + k[:, None] * M + m[None, :], acc, mask=kmask[:, None] & (m[None, :] < M)
     )
 
 
-def _blocks(T: int) -> tuple[int, int]:
-    if interpreted():
-        return max(16, min(128, next_pow2(T))), 128
-    return 64, 64
+@dataclasses.dataclass(frozen=True)
+class CoefPlan:
+    """Launch plan of the coefficient kernels: `main` for the forward and dx kernels (BT tokens x BC
+    of the n*C axis), `dphi` for the split-token dphi reduction, `precision` for `tl.dot`."""
+
+    main: Blocks
+    dphi: Blocks
+    precision: str
+
+
+def plan(T: int, K: int, M: int, device: torch.device) -> CoefPlan:
+    """CUDA policy, chosen from the sm_90 ptxas report (benchmarks/kernel_resources.py; no spills):
+
+    - n <= 4 (M <= 24, MP <= 32): `tf32x3` dots (tensor cores, error close to fp32: DESIGN.md allows
+      tf32 here), 64 x 32 tiles for fwd / dx, 16 tokens x 64 for dphi. With fp32 "ieee" dots the
+      projection runs on the FMA units and is compute-bound (2M flops per element of x).
+    - n > 4: fp32 "ieee" dots on 32 x 32 tiles (tf32x3 tiles of this width spill).
+
+    The dphi reduction over tokens is split so that (K / BK) x splits programs fill the device about
+    4 times over. Interpreter: up to 128 tokens x 128, "ieee", one split.
+    """
+    if interpreted() or device.type != "cuda":
+        b = Blocks(BT=max(16, min(128, next_pow2(T))), BC=128, warps=4, splits=1)
+        return CoefPlan(main=b, dphi=b, precision="ieee")
+    MP = max(16, next_pow2(M))
+    if MP <= 32:
+        main, (dBT, dBK), precision = Blocks(BT=64, BC=32, warps=4), (16, 64), "tf32x3"
+    else:
+        main, (dBT, dBK), precision = Blocks(BT=32, BC=32, warps=4), (32, 32), "ieee"
+    splits = max(1, min(triton.cdiv(T, dBT), triton.cdiv(4 * device_sms(device), triton.cdiv(K, dBK))))
+    return CoefPlan(main=main, dphi=Blocks(BT=dBT, BC=dBK, warps=4, splits=splits), precision=precision)
 
 
 @torch.library.custom_op("mhc_lm::mhc_coefficients", mutates_args=())
@@ -135,11 +164,12 @@ def _coef_op(
     h_pre, h_post = torch.empty((T, n), **kw), torch.empty((T, n), **kw)
     logits, proj, rstd = torch.empty((T, n, n), **kw), torch.empty((T, M), **kw), torch.empty((T,), **kw)
     if T:
-        BT, BK = _blocks(T)
+        p = plan(T, K, M, x.device)
+        b = p.main
         with on_device(x):
-            _coef_fwd_kernel[(triton.cdiv(T, BT),)](
+            _coef_fwd_kernel[(triton.cdiv(T, b.BT),)](
                 x, phi, alpha, bias, h_pre, h_post, logits, proj, rstd, T, K, float(eps),
-                N=n, M=M, MP=max(16, next_pow2(M)), BT=BT, BK=BK,
+                N=n, M=M, MP=max(16, next_pow2(M)), BT=b.BT, BK=b.BC, PREC=p.precision, num_warps=b.warps,
             )
     return h_pre, h_post, logits, proj, rstd
 
@@ -162,15 +192,17 @@ def _coef_backward_op(
     gx = torch.empty_like(x)
     if T == 0:
         return gx, torch.zeros_like(phi)
-    BT, BK = _blocks(T)
+    p = plan(T, K, M, x.device)
+    b, d = p.main, p.dphi
     MP = max(16, next_pow2(M))
+    part = torch.empty((d.splits, K, M), dtype=torch.float32, device=x.device)
     with on_device(x):
-        _coef_dx_kernel[(triton.cdiv(T, BT),)](x, phi, gp, proj, rstd, gx, T, K, M=M, MP=MP, BT=BT, BK=BK)
-    k_blocks = triton.cdiv(K, BK)
-    splits = 1 if interpreted() else max(1, min(triton.cdiv(T, BT), triton.cdiv(4 * 132, k_blocks)))
-    part = torch.empty((splits, K, M), dtype=torch.float32, device=x.device)
-    with on_device(x):
-        _coef_dphi_kernel[(k_blocks, splits)](x, gp, rstd, part, T, K, splits, M=M, MP=MP, BT=BT, BK=BK)
+        _coef_dx_kernel[(triton.cdiv(T, b.BT),)](
+            x, phi, gp, proj, rstd, gx, T, K, M=M, MP=MP, BT=b.BT, BK=b.BC, PREC=p.precision, num_warps=b.warps
+        )
+        _coef_dphi_kernel[(triton.cdiv(K, d.BC), d.splits)](
+            x, gp, rstd, part, T, K, d.splits, M=M, MP=MP, BT=d.BT, BK=d.BC, PREC=p.precision, num_warps=d.warps
+        )
     return gx, part.sum(0).to(phi.dtype)
 
 

@@ -9,6 +9,8 @@ Two regimes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 
 import torch
@@ -50,15 +52,47 @@ def next_pow2(x: int) -> int:
     return triton.next_power_of_2(max(int(x), 1))
 
 
-def token_block(n_tokens: int, gpu: int, interp: int = 128) -> int:
-    """Tokens per program: `gpu` on CUDA, up to `interp` (covering all tokens) in the interpreter."""
-    if INTERPRETED:
-        return min(interp, next_pow2(n_tokens))
-    return gpu
+@functools.lru_cache(maxsize=None)
+def sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def channel_block(C: int, gpu: int, interp: int = 256) -> int:
-    """Channels per inner-loop step."""
-    if INTERPRETED:
-        return min(interp, next_pow2(C))
-    return min(gpu, next_pow2(C))
+def device_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (what the split heuristics fill)."""
+    return sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """Launch shape of a kernel: BT tokens x BC channels per program, `warps` warps, and `splits`
+    programs sharing one reduction loop (their partial sums are added by the caller)."""
+
+    BT: int
+    BC: int
+    warps: int
+    splits: int = 1
+
+
+def mix_blocks(T: int, C: int, n: int, dtype: torch.dtype, device: torch.device, backward: bool) -> Blocks:
+    """Block shape for pre-mix and post + residual (forward: 2-D grid over tokens x channels;
+    backward: a loop over channels with per-split partial reductions).
+
+    CUDA: one token per program and BC = 32 * warps * vec channels, vec = 16 bytes / itemsize, so
+    every thread loads 16-byte vectors of each stream and the n-stream axis stays inside the
+    thread: the per-token n / n x n mixing needs no shared-memory layout change, and no
+    configuration spills (checked with ptxas for sm_90, n <= 8, fp32 and bf16: docs/kernels.md).
+    The backward splits the channel loop when there are too few tokens to fill the device
+    (decoding, small batches). Interpreter: as many tokens and channels per program as allowed.
+    """
+    if INTERPRETED or device.type != "cuda":
+        return Blocks(BT=min(128, next_pow2(T)), BC=min(256, next_pow2(C)), warps=4, splits=1)
+    vec = max(1, 16 // torch.empty((), dtype=dtype).element_size())
+    warps = 4
+    while warps > 1 and 32 * warps * vec > next_pow2(C):  # narrow C: fewer warps, same vectors
+        warps //= 2
+    BC = 32 * warps * vec
+    splits = 1
+    if backward:
+        chunks = triton.cdiv(C, BC)
+        splits = max(1, min(chunks, triton.cdiv(8 * device_sms(device), T)))
+    return Blocks(BT=1, BC=BC, warps=warps, splits=splits)

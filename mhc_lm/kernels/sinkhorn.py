@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import check_device, next_pow2, on_device, token_block
+from .launch import Blocks, check_device, interpreted, next_pow2, on_device
 
 
 @triton.jit
@@ -122,9 +122,16 @@ def _tiles(logits: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return flat, flat.shape[0], n
 
 
-def _grid(T: int, n: int) -> tuple[int, tuple[int]]:
-    BT = token_block(T, gpu=max(1, 1024 // next_pow2(n) ** 2), interp=256)
-    return BT, (triton.cdiv(T, BT),)
+def blocks(T: int, n: int, device: torch.device) -> Blocks:
+    """CUDA: 1024 / NP^2 tokens per program (64 at n = 4), 4 warps; interpreter: up to 256 tokens."""
+    if interpreted() or device.type != "cuda":
+        return Blocks(BT=min(256, next_pow2(T)), BC=1, warps=4)
+    return Blocks(BT=max(1, 1024 // next_pow2(n) ** 2), BC=1, warps=4)
+
+
+def _grid(T: int, n: int, device: torch.device) -> tuple[int, tuple[int]]:
+    b = blocks(T, n, device)
+    return b.BT, (triton.cdiv(T, b.BT),)
 
 
 @torch.library.custom_op("mhc_lm::sinkhorn", mutates_args=())
@@ -133,7 +140,7 @@ def _sinkhorn_op(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     flat, T, n = _tiles(logits)
     out = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
     if T:
-        BT, grid = _grid(T, n)
+        BT, grid = _grid(T, n, logits.device)
         with on_device(flat):
             _sinkhorn_fwd_kernel[grid](flat, out, T, float(eps), N=n, NP=next_pow2(n), ITERS=int(iters), BT=BT)
     return out.view(logits.shape)
@@ -150,7 +157,7 @@ def _sinkhorn_backward_op(logits: torch.Tensor, grad: torch.Tensor, iters: int, 
     g = grad.reshape(flat.shape).contiguous()
     grad_logits = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
     if T:
-        BT, grid = _grid(T, n)
+        BT, grid = _grid(T, n, logits.device)
         with on_device(flat):
             _sinkhorn_bwd_kernel[grid](flat, g, grad_logits, T, float(eps), N=n, NP=next_pow2(n), ITERS=int(iters), BT=BT)
     return grad_logits.view(logits.shape).to(logits.dtype)

@@ -15,8 +15,10 @@ Backward (one pass each, the per-token n / n x n reductions over C accumulated i
 HC's width and depth connections (h = A_m^T H, H' = B^T F(h) + A_r^T H) are these same two ops
 with h_pre = A_m, h_res = A_r (unconstrained, no Sinkhorn) and h_post = B, so HC uses them as is.
 
-One program owns BT tokens and loops over C in BC-wide chunks: x, f and g are each read once
-and every output written once (the memory-bound minimum).
+x, f and g are each read once and every output written once (the memory-bound minimum). The
+forward kernels run on a 2-D grid of (token block, channel block) programs; the backward kernels
+loop over channels to reduce dh over C, optionally split over several programs per token block
+whose partial sums the caller adds. Block shapes: `launch.mix_blocks`.
 """
 
 from __future__ import annotations
@@ -25,37 +27,42 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import channel_block, check_device, next_pow2, on_device, token_block
+from .launch import Blocks, check_device, mix_blocks, next_pow2, on_device
 
 
 @triton.jit
 def _pre_mix_fwd_kernel(X, H, Y, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    # 2-D grid (token blocks, channel blocks): no reduction over C, so no loop
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
     i = tl.arange(0, NP)
     tmask = t < T
+    cmask = c < C
     hmask = tmask[:, None] & (i[None, :] < N)
     h = tl.load(H + t[:, None] * N + i[None, :], mask=hmask, other=0.0).to(tl.float32)  # (BT, NP)
-    for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        cmask = c < C
-        x = tl.load(
-            X + t[:, None, None] * (N * C) + i[None, :, None] * C + c[None, None, :],
-            mask=hmask[:, :, None] & cmask[None, None, :],
-            other=0.0,
-        ).to(tl.float32)  # (BT, NP, BC)
-        y = tl.sum(h[:, :, None] * x, axis=1)  # (BT, BC)
-        tl.store(Y + t[:, None] * C + c[None, :], y.to(Y.dtype.element_ty), mask=tmask[:, None] & cmask[None, :])
+    x = tl.load(
+        X + t[:, None, None] * (N * C) + i[None, :, None] * C + c[None, None, :],
+        mask=hmask[:, :, None] & cmask[None, None, :],
+        other=0.0,
+    ).to(tl.float32)  # (BT, NP, BC)
+    y = tl.sum(h[:, :, None] * x, axis=1)  # (BT, BC)
+    tl.store(Y + t[:, None] * C + c[None, :], y.to(Y.dtype.element_ty), mask=tmask[:, None] & cmask[None, :])
 
 
 @triton.jit
-def _pre_mix_bwd_kernel(X, H, G, GX, GH, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+def _pre_mix_bwd_kernel(
+    X, H, G, GX, GH, T, C, SPLITS, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr
+):
+    # grid (token blocks, SPLITS): program s walks channel chunks s, s + SPLITS, ... and writes its
+    # partial dh_pre to GH[s] (summed over splits by the caller)
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+    s = tl.program_id(1)
     i = tl.arange(0, NP)
     tmask = t < T
     hmask = tmask[:, None] & (i[None, :] < N)
     h = tl.load(H + t[:, None] * N + i[None, :], mask=hmask, other=0.0).to(tl.float32)  # (BT, NP)
     gh = tl.zeros((BT, NP), dtype=tl.float32)
-    for c0 in range(0, C, BC):
+    for c0 in range(s * BC, C, SPLITS * BC):
         c = c0 + tl.arange(0, BC)
         cmask = c < C
         g = tl.load(G + t[:, None] * C + c[None, :], mask=tmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
@@ -64,40 +71,43 @@ def _pre_mix_bwd_kernel(X, H, G, GX, GH, T, C, N: tl.constexpr, NP: tl.constexpr
         x = tl.load(X + offs, mask=m3, other=0.0).to(tl.float32)  # (BT, NP, BC)
         tl.store(GX + offs, (h[:, :, None] * g[:, None, :]).to(GX.dtype.element_ty), mask=m3)
         gh += tl.sum(x * g[:, None, :], axis=2)
-    tl.store(GH + t[:, None] * N + i[None, :], gh, mask=hmask)
+    tl.store(GH + s * T * N + t[:, None] * N + i[None, :], gh, mask=hmask)
 
 
 @triton.jit
 def _post_res_fwd_kernel(
     X, F, HR, HP, OUT, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr
 ):
+    # 2-D grid (token blocks, channel blocks); the (BT, NP, BC) stream tile is read once and
+    # each new stream j is a sum over the in-thread old-stream axis
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
-    j = tl.arange(0, NP)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    i = tl.arange(0, NP)
     tmask = t < T
-    jmask = tmask[:, None] & (j[None, :] < N)  # (BT, NP)
-    hp = tl.load(HP + t[:, None] * N + j[None, :], mask=jmask, other=0.0).to(tl.float32)
-    for c0 in range(0, C, BC):
-        c = c0 + tl.arange(0, BC)
-        cmask = c < C
-        m2 = tmask[:, None] & cmask[None, :]
-        f = tl.load(F + t[:, None] * C + c[None, :], mask=m2, other=0.0).to(tl.float32)  # (BT, BC)
-        acc = hp[:, :, None] * f[:, None, :]  # (BT, NP, BC): H_post^T f
-        for i in tl.static_range(N):  # + sum_i H_res[i, j] x_i
-            hr_i = tl.load(HR + t[:, None] * (N * N) + i * N + j[None, :], mask=jmask, other=0.0).to(tl.float32)
-            x_i = tl.load(X + t[:, None] * (N * C) + i * C + c[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc += hr_i[:, :, None] * x_i[:, None, :]
-        tl.store(
-            OUT + t[:, None, None] * (N * C) + j[None, :, None] * C + c[None, None, :],
-            acc.to(OUT.dtype.element_ty),
-            mask=jmask[:, :, None] & cmask[None, None, :],
-        )
+    cmask = c < C
+    imask = tmask[:, None] & (i[None, :] < N)  # (BT, NP)
+    m2 = tmask[:, None] & cmask[None, :]
+    x = tl.load(
+        X + t[:, None, None] * (N * C) + i[None, :, None] * C + c[None, None, :],
+        mask=imask[:, :, None] & cmask[None, None, :],
+        other=0.0,
+    ).to(tl.float32)  # (BT, NP, BC) = x[t, i, c]
+    f = tl.load(F + t[:, None] * C + c[None, :], mask=m2, other=0.0).to(tl.float32)  # (BT, BC)
+    for j in tl.static_range(N):
+        hr_j = tl.load(HR + t[:, None] * (N * N) + i[None, :] * N + j, mask=imask, other=0.0).to(tl.float32)
+        hp_j = tl.load(HP + t * N + j, mask=tmask, other=0.0).to(tl.float32)  # (BT,)
+        out_j = tl.sum(hr_j[:, :, None] * x, axis=1) + hp_j[:, None] * f  # (BT, BC)
+        tl.store(OUT + t[:, None] * (N * C) + j * C + c[None, :], out_j.to(OUT.dtype.element_ty), mask=m2)
 
 
 @triton.jit
 def _post_res_bwd_kernel(
-    X, F, HR, HP, G, GX, GF, GHR, GHP, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr
+    X, F, HR, HP, G, GX, GF, GHR, GHP, T, C, SPLITS,
+    N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):
+    # grid (token blocks, SPLITS) as in _pre_mix_bwd_kernel; partial dh_res / dh_post per split
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
+    s = tl.program_id(1)
     j = tl.arange(0, NP)
     tmask = t < T
     jmask = tmask[:, None] & (j[None, :] < N)
@@ -105,7 +115,7 @@ def _post_res_bwd_kernel(
     ghr = tl.zeros((BT, NP, NP), dtype=tl.float32)  # [t, i, j]
     ghp = tl.zeros((BT, NP), dtype=tl.float32)
     rows = tl.arange(0, NP)[None, :, None]
-    for c0 in range(0, C, BC):
+    for c0 in range(s * BC, C, SPLITS * BC):
         c = c0 + tl.arange(0, BC)
         cmask = c < C
         m2 = tmask[:, None] & cmask[None, :]
@@ -125,19 +135,25 @@ def _post_res_bwd_kernel(
             x_i = tl.load(X + t[:, None] * (N * C) + i * C + c[None, :], mask=m2, other=0.0).to(tl.float32)
             row = tl.sum(x_i[:, None, :] * g, axis=2)  # (BT, NP): dL/dh_res[t, i, :]
             ghr += tl.where(rows == i, row[:, None, :], 0.0)
-    tl.store(GHP + t[:, None] * N + j[None, :], ghp, mask=jmask)
+    tl.store(GHP + s * T * N + t[:, None] * N + j[None, :], ghp, mask=jmask)
     ii = tl.arange(0, NP)
     tl.store(
-        GHR + t[:, None, None] * (N * N) + ii[None, :, None] * N + j[None, None, :],
+        GHR + s * T * N * N + t[:, None, None] * (N * N) + ii[None, :, None] * N + j[None, None, :],
         ghr,
         mask=tmask[:, None, None] & (ii[None, :, None] < N) & (j[None, None, :] < N),
     )
 
 
-def _blocks(T: int, C: int, n: int) -> tuple[int, int, tuple[int]]:
-    BT = token_block(T, gpu=4, interp=128)
-    BC = channel_block(C, gpu=max(64, 1024 // next_pow2(n)), interp=256)
-    return BT, BC, (triton.cdiv(T, BT),)
+# Block-shape policy; tests swap it to force the CUDA shapes (one token, several splits) in the interpreter.
+blocks = mix_blocks
+
+
+def _fwd_grid(T: int, C: int, b: Blocks) -> tuple[int, int]:
+    return triton.cdiv(T, b.BT), triton.cdiv(C, b.BC)
+
+
+def _bwd_grid(T: int, b: Blocks) -> tuple[int, int]:
+    return triton.cdiv(T, b.BT), b.splits
 
 
 def _check_pre(x: torch.Tensor, h_pre: torch.Tensor) -> None:
@@ -169,9 +185,11 @@ def _pre_mix_op(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     N, n, C = x.shape
     y = torch.empty((N, C), dtype=x.dtype, device=x.device)
     if N and C:
-        BT, BC, grid = _blocks(N, C, n)
+        b = blocks(N, C, n, x.dtype, x.device, backward=False)
         with on_device(x):
-            _pre_mix_fwd_kernel[grid](x, h_pre, y, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
+            _pre_mix_fwd_kernel[_fwd_grid(N, C, b)](
+                x, h_pre, y, N, C, N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, num_warps=b.warps
+            )
     return y
 
 
@@ -185,12 +203,15 @@ def _pre_mix_backward_op(x: torch.Tensor, h_pre: torch.Tensor, grad: torch.Tenso
     x, h_pre, grad = x.contiguous(), h_pre.contiguous(), grad.contiguous()
     N, n, C = x.shape
     gx = torch.empty_like(x)
-    gh = torch.zeros((N, n), dtype=torch.float32, device=x.device)
-    if N and C:
-        BT, BC, grid = _blocks(N, C, n)
-        with on_device(x):
-            _pre_mix_bwd_kernel[grid](x, h_pre, grad, gx, gh, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
-    return gx, gh.to(h_pre.dtype)
+    if not (N and C):
+        return gx, torch.zeros_like(h_pre)
+    b = blocks(N, C, n, x.dtype, x.device, backward=True)
+    gh = torch.empty((b.splits, N, n), dtype=torch.float32, device=x.device)
+    with on_device(x):
+        _pre_mix_bwd_kernel[_bwd_grid(N, b)](
+            x, h_pre, grad, gx, gh, N, C, b.splits, N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, num_warps=b.warps
+        )
+    return gx, gh.sum(0).to(h_pre.dtype)
 
 
 @_pre_mix_backward_op.register_fake
@@ -219,9 +240,11 @@ def _post_res_op(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_po
     N, n, C = x.shape
     out = torch.empty_like(x)
     if N and C:
-        BT, BC, grid = _blocks(N, C, n)
+        b = blocks(N, C, n, x.dtype, x.device, backward=False)
         with on_device(x):
-            _post_res_fwd_kernel[grid](x, f_out, h_res, h_post, out, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC)
+            _post_res_fwd_kernel[_fwd_grid(N, C, b)](
+                x, f_out, h_res, h_post, out, N, C, N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, num_warps=b.warps
+            )
     return out
 
 
@@ -237,15 +260,17 @@ def _post_res_backward_op(
     x, f_out, h_res, h_post, grad = (t.contiguous() for t in (x, f_out, h_res, h_post, grad))
     N, n, C = x.shape
     gx, gf = torch.empty_like(x), torch.empty_like(f_out)
-    ghr = torch.zeros((N, n, n), dtype=torch.float32, device=x.device)
-    ghp = torch.zeros((N, n), dtype=torch.float32, device=x.device)
-    if N and C:
-        BT, BC, grid = _blocks(N, C, n)
-        with on_device(x):
-            _post_res_bwd_kernel[grid](
-                x, f_out, h_res, h_post, grad, gx, gf, ghr, ghp, N, C, N=n, NP=next_pow2(n), BT=BT, BC=BC
-            )
-    return gx, gf, ghr.to(h_res.dtype), ghp.to(h_post.dtype)
+    if not (N and C):
+        return gx, gf.zero_(), torch.zeros_like(h_res), torch.zeros_like(h_post)
+    b = blocks(N, C, n, x.dtype, x.device, backward=True)
+    ghr = torch.empty((b.splits, N, n, n), dtype=torch.float32, device=x.device)
+    ghp = torch.empty((b.splits, N, n), dtype=torch.float32, device=x.device)
+    with on_device(x):
+        _post_res_bwd_kernel[_bwd_grid(N, b)](
+            x, f_out, h_res, h_post, grad, gx, gf, ghr, ghp, N, C, b.splits,
+            N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, num_warps=b.warps,
+        )
+    return gx, gf, ghr.sum(0).to(h_res.dtype), ghp.sum(0).to(h_post.dtype)
 
 
 @_post_res_backward_op.register_fake

@@ -56,3 +56,30 @@ def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(launch, "INTERPRETED", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         fused_pre_mix(torch.zeros(4, 3, 8), torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_cuda_block_shapes_in_the_interpreter(monkeypatch, splits):
+    # the CUDA policy's shapes (one token per program, channel blocks narrower than C, the backward
+    # channel loop split over programs with partial dh sums) must give the reference results too
+    import mhc_lm.kernels.stream_mix as sm
+
+    monkeypatch.setattr(sm, "blocks", lambda T, C, n, dtype, device, backward: launch.Blocks(1, 16, 4, splits if backward else 1))
+    check_pre_mix("cpu", torch.float32, 5, 3, 37, seed=11)  # 3 channel blocks, last one partial
+    check_post_res("cpu", torch.float32, 5, 4, 37, seed=12, hc=True)
+    check_post_res("cpu", torch.float32, 3, 8, 50, seed=13)
+
+
+def test_cuda_block_policy(monkeypatch):
+    monkeypatch.setattr(launch, "INTERPRETED", False)
+    monkeypatch.setattr(launch, "sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    # 16-byte vectors per thread, the stream axis inside the thread, 4 warps at wide C
+    assert launch.mix_blocks(16384, 2048, 4, torch.bfloat16, cuda, backward=False) == launch.Blocks(1, 1024, 4, 1)
+    assert launch.mix_blocks(16384, 2048, 4, torch.float32, cuda, backward=True) == launch.Blocks(1, 512, 4, 1)
+    # narrow C: fewer warps; few tokens: the backward channel loop is split (never beyond its chunks)
+    assert launch.mix_blocks(8, 256, 4, torch.bfloat16, cuda, backward=False) == launch.Blocks(1, 256, 1, 1)
+    assert launch.mix_blocks(4, 4096, 4, torch.bfloat16, cuda, backward=True) == launch.Blocks(1, 1024, 4, 4)
+    assert launch.mix_blocks(600, 4096, 4, torch.float32, cuda, backward=True).splits == 2  # 8 * 132 / 600 -> 2
+    # CPU tensors (interpreter) keep large blocks whatever the flag says
+    assert launch.mix_blocks(1000, 300, 4, torch.float32, torch.device("cpu"), backward=True) == launch.Blocks(128, 256, 4, 1)
