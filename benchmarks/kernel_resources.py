@@ -83,9 +83,12 @@ def compile_kernel(fn, args: dict, consts: dict, arch: int, num_warps: int) -> d
 
     def widths(op: str) -> str:  # share of global accesses by width, e.g. "v4 86% / b32 14%"
         kinds = Counter(re.findall(rf"{op}\.global(?:\.[a-zA-Z0-9_:]+)*?\.((?:v[248]\.)?[bf]\d+)\b", ptx))
+        if op == "ld":  # pipelined tiles load global -> shared asynchronously: "cp.async 16" = 16 bytes
+            sizes = re.findall(r"cp\.async\.c[ag]\.shared\.global[^,]*,[^,]*,\s*(0x[0-9a-f]+|\d+)", ptx)
+            kinds.update(f"cp.async {int(b, 0)}B" for b in sizes)
         total = sum(kinds.values()) or 1
         top = sorted(kinds.items(), key=lambda kv: -kv[1])[:2]
-        return " / ".join(f"{k.split('.')[0]} {100 * v // total}%" for k, v in top) or "-"
+        return " / ".join(f"{k.split('.')[0] if k[0] in 'vbf' else k} {100 * v // total}%" for k, v in top) or "-"
 
     return dict(regs=regs, spill=spill, smem=kernel.metadata.shared, loads=widths("ld"), stores=widths("st"),
                 occupancy=min(MAX_THREADS // (WARP_THREADS * num_warps), SM_REGS // (WARP_THREADS * num_warps * max(regs, 1)),
@@ -148,8 +151,8 @@ def main(argv=None) -> int:
         return 2
     launch.sm_count = lambda index: 132  # the split heuristics need an SM count; H100/H200 SXM have 132
 
-    print(f"sm_{args.arch}, T = {args.tokens}, C = {args.channels}; occupancy = resident programs per SM by registers")
-    print(f"| kernel | n | dtype | BT x BC (warps, splits) | regs | spill B | smem B | programs/SM | loads | stores |")
+    print(f"sm_{args.arch}, T = {args.tokens}, C = {args.channels}")
+    print("| kernel | n | dtype | BT x BC (warps, splits) | regs | spill B | smem B | programs/SM | loads | stores |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     dtypes = [DTYPES[d] for d in args.dtypes]
     for label, n, dt, b, fn, kargs, consts in cases(args.tokens, args.channels, args.n, dtypes, args.iters):

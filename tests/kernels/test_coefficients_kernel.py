@@ -37,3 +37,19 @@ def test_only_some_outputs_used():
 def test_bad_shapes():
     with pytest.raises(ValueError, match=r"phi \(K, 24\)"):
         fused_mhc_coefficients(torch.zeros(3, 16), torch.zeros(16, 20), torch.zeros(3), torch.zeros(24), 4)
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_cuda_plan_shapes_in_the_interpreter(monkeypatch, n):
+    # the CUDA plan's tiles (narrower than K, several dphi splits over tokens) give the reference
+    # results; the dot precision stays "ieee" here (the interpreter computes dots in fp32 anyway)
+    import mhc_lm.kernels.coefficients as co
+    import mhc_lm.kernels.launch as launch
+
+    monkeypatch.setattr(launch, "sm_count", lambda index: 8)
+    monkeypatch.setattr(launch, "INTERPRETED", False)
+    cuda = co.plan(200, n * 40, 2 * n + n * n, torch.device("cuda", 0))
+    monkeypatch.setattr(launch, "INTERPRETED", True)
+    assert cuda.dphi.splits > 1 and cuda.main.BC < n * 40
+    monkeypatch.setattr(co, "plan", lambda T, K, M, device: co.CoefPlan(cuda.main, cuda.dphi, "ieee"))
+    check_coefficients("cpu", torch.float32, 200, n, 40, seed=3)

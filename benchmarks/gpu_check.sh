@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Everything the fused kernels need checked on a CUDA machine, in one call (about 5-8 minutes):
+#   1. the GPU-marked kernel tests (every kernel vs its reference at GPU shapes, fp32 and bf16);
+#   2. benchmarks/mixing.py --sweep (GB/s and % of peak per op, eager vs torch.compile vs fused,
+#      and the training-step overhead of hc / mhc over standard at the 1B shape);
+#   3. the static report of benchmarks/kernel_resources.py for the device's architecture.
+# Logs go to $OUT (or ./gpu_check); each step has a time limit so a hang cannot eat the others.
+#
+#   bash benchmarks/gpu_check.sh                # from the repository root, in the project's env
+set -u
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu_check}"
+mkdir -p "$out"
+unset TRITON_INTERPRET
+export HF_HUB_OFFLINE=1 TRITON_DEFAULT_FP_FUSION=1
+
+{
+  nvidia-smi || true
+  python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
+} >"$out/device.txt" 2>&1
+cat "$out/device.txt"
+
+step() {  # step NAME LIMIT_S CMD...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s"
+  tail -n 40 "$out/$name.txt"
+}
+
+step gpu_tests 240 python -m pytest -q -m gpu tests/kernels -p no:cacheprovider
+step mixing 420 python benchmarks/mixing.py --sweep
+arch=$(python -c "import torch; a, b = torch.cuda.get_device_capability(0); print(10 * a + b)" 2>/dev/null || echo 90)
+step kernel_resources 240 python benchmarks/kernel_resources.py --arch "$arch" --n 4 8
