@@ -12,7 +12,7 @@ Hopper limits, ignoring allocation granularity.
 This is a proxy for speed, not a measurement: `benchmarks/mixing.py` on a GPU is the measurement.
 It needs only the CPU and the `ptxas` inside the triton wheel.
 
-    python benchmarks/kernel_resources.py                      # n = 2, 4, 8; bf16 and fp32; 1B shape
+    python benchmarks/kernel_resources.py                      # n = 2, 4, 8; fp32+bf16, bf16, fp32; 1B shape
     python benchmarks/kernel_resources.py --n 4 --dtypes bf16 --arch 100
 """
 
@@ -39,7 +39,14 @@ from triton.compiler import ASTSource  # noqa: E402
 from mhc_lm.kernels import coefficients, launch, sinkhorn, stream_mix  # noqa: E402
 
 TRITON_TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# stream dtype, branch-output dtype; "fp32+bf16" is training under bf16 autocast: the residual
+# streams stay fp32 (fp32 parameters), the sub-layer output F is bf16
+DTYPES = {
+    "fp32": (torch.float32, torch.float32),
+    "bf16": (torch.bfloat16, torch.bfloat16),
+    "fp16": (torch.float16, torch.float16),
+    "fp32+bf16": (torch.float32, torch.bfloat16),
+}
 WARP_THREADS, SM_REGS, MAX_THREADS, SM_SMEM = 32, 65536, 2048, 228 * 1024  # Hopper SM limits
 
 
@@ -95,42 +102,43 @@ def compile_kernel(fn, args: dict, consts: dict, arch: int, num_warps: int) -> d
                               SM_SMEM // max(kernel.metadata.shared, 1)))
 
 
-def cases(T: int, C: int, ns: list[int], dtypes: list[torch.dtype], iters: int):
+def cases(T: int, C: int, ns: list[int], dtypes: list[str], iters: int):
     """(label, kernel, args, consts, num_warps) at the CUDA launch policy of each op."""
     cuda = torch.device("cuda", 0)
     f32 = torch.float32
     for n in ns:
         NP = launch.next_pow2(n)
-        for dt in dtypes:
+        for name in dtypes:
+            dt, ft = DTYPES[name]  # stream x (and its gradients), branch output f (and df)
             fwd = launch.mix_blocks(T, C, n, dt, cuda, backward=False)
             bwd = launch.mix_blocks(T, C, n, dt, cuda, backward=True)
             mix = dict(N=n, NP=NP)
-            yield ("pre_mix fwd", n, dt, fwd, stream_mix._pre_mix_fwd_kernel,
+            yield ("pre_mix fwd", n, name, fwd, stream_mix._pre_mix_fwd_kernel,
                    dict(X=dt, H=f32, Y=dt, T=T, C=C), dict(mix, BT=fwd.BT, BC=fwd.BC))
-            yield ("pre_mix bwd", n, dt, bwd, stream_mix._pre_mix_bwd_kernel,
+            yield ("pre_mix bwd", n, name, bwd, stream_mix._pre_mix_bwd_kernel,
                    dict(X=dt, H=f32, G=dt, GX=dt, GH=f32, T=T, C=C, SPLITS=bwd.splits), dict(mix, BT=bwd.BT, BC=bwd.BC))
-            yield ("post_res fwd", n, dt, fwd, stream_mix._post_res_fwd_kernel,
-                   dict(X=dt, F=dt, HR=f32, HP=f32, OUT=dt, T=T, C=C), dict(mix, BT=fwd.BT, BC=fwd.BC))
-            yield ("post_res bwd", n, dt, bwd, stream_mix._post_res_bwd_kernel,
-                   dict(X=dt, F=dt, HR=f32, HP=f32, G=dt, GX=dt, GF=dt, GHR=f32, GHP=f32, T=T, C=C, SPLITS=bwd.splits),
+            yield ("post_res fwd", n, name, fwd, stream_mix._post_res_fwd_kernel,
+                   dict(X=dt, F=ft, HR=f32, HP=f32, OUT=dt, T=T, C=C), dict(mix, BT=fwd.BT, BC=fwd.BC))
+            yield ("post_res bwd", n, name, bwd, stream_mix._post_res_bwd_kernel,
+                   dict(X=dt, F=ft, HR=f32, HP=f32, G=dt, GX=dt, GF=ft, GHR=f32, GHP=f32, T=T, C=C, SPLITS=bwd.splits),
                    dict(mix, BT=bwd.BT, BC=bwd.BC))
             K, M = n * C, 2 * n + n * n
             MP = max(16, launch.next_pow2(M))
             cp = coefficients.plan(T, K, M, cuda)
             cb, cd, prec = cp.main, cp.dphi, cp.precision
-            yield (f"coefficients fwd ({prec})", n, dt, cb, coefficients._coef_fwd_kernel,
+            yield (f"coefficients fwd ({prec})", n, name, cb, coefficients._coef_fwd_kernel,
                    dict(X=dt, PHI=f32, ALPHA=f32, BIAS=f32, HPRE=f32, HPOST=f32, LOGITS=f32, PROJ=f32, RSTD=f32,
                         T=T, K=K, EPS=1e-6), dict(N=n, M=M, MP=MP, BT=cb.BT, BK=cb.BC, PREC=prec))
-            yield (f"coefficients dx ({prec})", n, dt, cb, coefficients._coef_dx_kernel,
+            yield (f"coefficients dx ({prec})", n, name, cb, coefficients._coef_dx_kernel,
                    dict(X=dt, PHI=f32, GP=f32, PROJ=f32, RSTD=f32, GX=dt, T=T, K=K),
                    dict(M=M, MP=MP, BT=cb.BT, BK=cb.BC, PREC=prec))
-            yield (f"coefficients dphi ({prec})", n, dt, cd, coefficients._coef_dphi_kernel,
+            yield (f"coefficients dphi ({prec})", n, name, cd, coefficients._coef_dphi_kernel,
                    dict(X=dt, GP=f32, RSTD=f32, PART=f32, T=T, K=K, SPLITS=cd.splits),
                    dict(M=M, MP=MP, BT=cd.BT, BK=cd.BC, PREC=prec))
         sb = sinkhorn.blocks(T, n, cuda)
         consts = dict(N=n, NP=NP, ITERS=iters, BT=sb.BT)
-        yield ("sinkhorn fwd", n, f32, sb, sinkhorn._sinkhorn_fwd_kernel, dict(L_ptr=f32, P_ptr=f32, T=T, EPS=1e-6), consts)
-        yield ("sinkhorn bwd", n, f32, sb, sinkhorn._sinkhorn_bwd_kernel,
+        yield ("sinkhorn fwd", n, "fp32", sb, sinkhorn._sinkhorn_fwd_kernel, dict(L_ptr=f32, P_ptr=f32, T=T, EPS=1e-6), consts)
+        yield ("sinkhorn bwd", n, "fp32", sb, sinkhorn._sinkhorn_bwd_kernel,
                dict(L_ptr=f32, G_ptr=f32, GL_ptr=f32, T=T, EPS=1e-6), consts)
 
 
@@ -140,7 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=16384, help="tokens per micro-batch (1B config: 8 x 2048)")
     ap.add_argument("--channels", type=int, default=2048, help="hidden size C (1B config: 2048)")
     ap.add_argument("--n", type=int, nargs="+", default=[2, 4, 8], help="stream counts")
-    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
+    ap.add_argument("--dtypes", nargs="+", default=["fp32+bf16", "bf16", "fp32"], choices=sorted(DTYPES),
+                    help="stream dtype (+ sub-layer output dtype when it differs)")
     ap.add_argument("--iters", type=int, default=20, help="Sinkhorn iterations")
     ap.add_argument("--only", default="", help="comma-separated substrings: report only kernels whose name has one")
     args = ap.parse_args(argv)
@@ -154,13 +163,12 @@ def main(argv=None) -> int:
     print(f"sm_{args.arch}, T = {args.tokens}, C = {args.channels}")
     print("| kernel | n | dtype | BT x BC (warps, splits) | regs | spill B | smem B | programs/SM | loads | stores |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    dtypes = [DTYPES[d] for d in args.dtypes]
-    for label, n, dt, b, fn, kargs, consts in cases(args.tokens, args.channels, args.n, dtypes, args.iters):
+    for label, n, dt, b, fn, kargs, consts in cases(args.tokens, args.channels, args.n, args.dtypes, args.iters):
         if args.only and not any(part in label for part in args.only.split(",")):
             continue
         r = compile_kernel(fn, kargs, consts, args.arch, b.warps)
         shape = f"{b.BT} x {b.BC} ({b.warps}, {b.splits})"
-        print(f"| {label} | {n} | {TRITON_TYPE[dt]} | {shape} | {r['regs']} | {r['spill']} | {r['smem']} | "
+        print(f"| {label} | {n} | {dt} | {shape} | {r['regs']} | {r['spill']} | {r['smem']} | "
               f"{r['occupancy']} | {r['loads']} | {r['stores']} |", flush=True)
     return 0
 

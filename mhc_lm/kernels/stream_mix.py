@@ -71,7 +71,7 @@ def _pre_mix_bwd_kernel(
         x = tl.load(X + offs, mask=m3, other=0.0).to(tl.float32)  # (BT, NP, BC)
         tl.store(GX + offs, (h[:, :, None] * g[:, None, :]).to(GX.dtype.element_ty), mask=m3)
         gh += tl.sum(x * g[:, None, :], axis=2)
-    tl.store(GH + s * T * N + t[:, None] * N + i[None, :], gh, mask=hmask)
+    tl.store(GH + s.to(tl.int64) * T * N + t[:, None] * N + i[None, :], gh, mask=hmask)
 
 
 @triton.jit
@@ -135,10 +135,10 @@ def _post_res_bwd_kernel(
             x_i = tl.load(X + t[:, None] * (N * C) + i * C + c[None, :], mask=m2, other=0.0).to(tl.float32)
             row = tl.sum(x_i[:, None, :] * g, axis=2)  # (BT, NP): dL/dh_res[t, i, :]
             ghr += tl.where(rows == i, row[:, None, :], 0.0)
-    tl.store(GHP + s * T * N + t[:, None] * N + j[None, :], ghp, mask=jmask)
+    tl.store(GHP + s.to(tl.int64) * T * N + t[:, None] * N + j[None, :], ghp, mask=jmask)
     ii = tl.arange(0, NP)
     tl.store(
-        GHR + s * T * N * N + t[:, None, None] * (N * N) + ii[None, :, None] * N + j[None, None, :],
+        GHR + s.to(tl.int64) * T * N * N + t[:, None, None] * (N * N) + ii[None, :, None] * N + j[None, None, :],
         ghr,
         mask=tmask[:, None, None] & (ii[None, :, None] < N) & (j[None, None, :] < N),
     )
