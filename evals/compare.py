@@ -38,6 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mhc_lm.metrics.spikes import SpikeDetector  # noqa: E402
+from mhc_lm.train.run_log import read_metrics  # noqa: E402
 
 MODE_ORDER = ("standard", "hc", "mhc", "grid")
 EPS_KEYS = ("vanished/1e-04", "vanished/1e-05", "vanished/1e-06", "vanished/1e-07")
@@ -67,21 +68,10 @@ class Run:
 # ---------------------------------------------------------------- loading
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a metrics.jsonl; an unreadable line is skipped with a warning naming it."""
-    records = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{i}: not JSON, skipped (a line cut by a crash?)", stacklevel=2)
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            for k, v in rec.items():  # the trainer writes non-finite floats as strings
-                if v in ("nan", "inf", "-inf", "NaN", "Infinity", "-Infinity"):
-                    rec[k] = float(v)
-            records.append(rec)
-    return records
+    def bad(i: int, line: str) -> None:
+        warnings.warn(f"{path}:{i}: not a JSON object, skipped (a line cut by a crash?)", stacklevel=3)
+
+    return [rec for rec in read_metrics(path, on_bad=bad) if "step" in rec]
 
 
 def load_run(path: Path) -> Run:

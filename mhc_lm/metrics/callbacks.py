@@ -16,11 +16,11 @@ counts are rebuilt from run_dir/metrics.jsonl.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
 
+from ..train.run_log import iter_jsonl
 from .config import MetricsConfig
 from .probe import eval_mode, probe_model
 from .spikes import SpikeDetector, VolatilityTracker
@@ -74,14 +74,7 @@ class StabilityCallback:
 
         Exact only when every step was logged (logging.log_every == 1); the checkpointed state
         (`state_dict`) is used whenever it exists."""
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("step", 0) <= step and "loss" in rec:
-                records.append(rec)
+        records = [rec for _, rec in iter_jsonl(path) if rec.get("step", 0) <= step and "loss" in rec]
         for name, det in self.detectors.items():
             values = [float(r[name]) for r in records if isinstance(r.get(name), (int, float))]
             det.history.extend(values[-det.window:])

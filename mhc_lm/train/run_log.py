@@ -14,6 +14,7 @@ import platform
 import resource
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -66,14 +67,7 @@ class MetricsWriter:
         """On resume: drop lines logged after the resumed checkpoint (atomic rewrite)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = []
-        for ln in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(ln)
-            except json.JSONDecodeError:  # a line torn by a kill mid-write
-                continue
-            if isinstance(rec, dict) and rec.get("step", 0) <= step:
-                kept.append(ln)
+        kept = [ln for ln, rec in iter_jsonl(self.path) if rec.get("step", 0) <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(ln + "\n" for ln in kept))
         tmp.replace(self.path)
@@ -126,6 +120,29 @@ def write_meta(path: Path, extra: dict | None = None) -> None:
     tmp.replace(path)
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """All records of a metrics.jsonl file."""
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+NON_FINITE = ("nan", "inf", "-inf")  # how MetricsWriter stores non-finite floats (JSON has none)
+
+
+def iter_jsonl(path: str | Path, on_bad: Callable[[int, str], None] | None = None) -> Iterator[tuple[str, dict]]:
+    """(line, record) for every line of a JSONL file that holds a JSON object. Other lines (one torn
+    by a kill mid-write, a stray blank) are skipped; `on_bad(line_number, line)` hears of each."""
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict):
+            yield line, rec
+        elif on_bad is not None:
+            on_bad(i, line)
+
+
+def read_metrics(path: str | Path, on_bad: Callable[[int, str], None] | None = None) -> list[dict]:
+    """The records of a metrics.jsonl file, non-finite values (stored as "nan" / "inf" / "-inf")
+    decoded back to floats; unreadable lines skipped as in `iter_jsonl`."""
+    records = []
+    for _, rec in iter_jsonl(path, on_bad):
+        records.append({k: float(v) if isinstance(v, str) and v in NON_FINITE else v for k, v in rec.items()})
+    return records

@@ -1,6 +1,7 @@
 """In-process runs of the tiny model: metrics contract, run dir, callbacks, crash during a
 checkpoint write, NaN stop, export."""
 
+import math
 import re
 from pathlib import Path
 
@@ -334,3 +335,22 @@ def test_tensorboard_events_after_the_resumed_step_are_dropped(tmp_path):
     acc.Reload()
     steps = [e.step for e in acc.Scalars("loss")]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8], steps
+
+
+def test_metrics_jsonl_round_trip_with_non_finite_values_and_a_torn_line(tmp_path):
+    from mhc_lm.train.run_log import MetricsWriter, iter_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    writer = MetricsWriter(path, enabled=True)
+    for step, loss in [(1, 2.5), (2, float("nan")), (3, float("inf")), (4, 1.5)]:
+        writer.write({"step": step, "loss": loss, "note": "nan"})
+    writer.close()
+    with path.open("a") as fh:
+        fh.write('{"step": 5, "lo')  # torn by a kill mid-write
+    bad = []
+    records = read_metrics(path, on_bad=lambda i, line: bad.append(i))
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and bad == [5]
+    assert math.isnan(records[1]["loss"]) and records[2]["loss"] == float("inf") and records[3]["loss"] == 1.5
+    assert [line for line, _ in iter_jsonl(path)][0].startswith('{"step": 1')  # raw lines kept for rewrites
+    MetricsWriter(path, enabled=True).truncate_after(2)  # resume at step 2: later lines and the torn one go
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
