@@ -48,8 +48,12 @@ def peak_gbs(device: torch.device, override: float | None) -> float | None:
         return override
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_GBS.items() if k in name), None)
+    return peak_for_name(torch.cuda.get_device_name(device))
+
+
+def peak_for_name(name: str) -> float | None:
+    """The longest table key found in the device name wins ("GH200" before "H200", "H100 PCIe" before "H100")."""
+    return next((PEAK_GBS[k] for k in sorted(PEAK_GBS, key=len, reverse=True) if k in name), None)
 
 
 def timed(fn, device: torch.device, reps: int, warmup: int = 2) -> float:

@@ -25,3 +25,15 @@ def test_cpu_run_prints_all_tables(capsys):
     assert set(e2e) == {"standard", "hc", "mhc"} and e2e["standard"] == 0.0  # overhead is relative to standard
     if importlib.util.find_spec("hyper_connections"):
         assert any(r[:2] == ["mhc", "hyper-connections"] for r in rows)  # peer rows
+
+
+def test_peak_bandwidth_lookup_prefers_the_most_specific_name():
+    spec = importlib.util.spec_from_file_location("mixing_benchmark", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.peak_for_name("NVIDIA GH200 480GB") == 4000  # not the H200's 4800
+    assert mod.peak_for_name("NVIDIA H200") == 4800
+    assert mod.peak_for_name("NVIDIA H100 80GB HBM3") == 3350
+    assert mod.peak_for_name("NVIDIA H100 PCIe") == 2000
+    assert mod.peak_for_name("NVIDIA A100-SXM4-80GB") == 2039
+    assert mod.peak_for_name("Some Future GPU") is None
