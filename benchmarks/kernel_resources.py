@@ -112,7 +112,7 @@ def cases(T: int, C: int, ns: list[int], dtypes: list[str], iters: int):
             dt, ft = DTYPES[name]  # stream x (and its gradients), branch output f (and df)
             fwd = launch.mix_blocks(T, C, n, dt, cuda, backward=False)
             bwd = launch.mix_blocks(T, C, n, dt, cuda, backward=True)
-            mix = dict(N=n, NP=NP)
+            mix = dict(N=n, NP=NP, VEC=launch.channel_vec(C))
             yield ("pre_mix fwd", n, name, fwd, stream_mix._pre_mix_fwd_kernel,
                    dict(X=dt, H=f32, Y=dt, T=T, C=C), dict(mix, BT=fwd.BT, BC=fwd.BC))
             yield ("pre_mix bwd", n, name, bwd, stream_mix._pre_mix_bwd_kernel,

@@ -73,14 +73,24 @@ class Blocks:
     splits: int = 1
 
 
+def channel_vec(C: int) -> int:
+    """Largest power of two <= 8 dividing C. Triton marks an integer argument only as "divisible by
+    16" or not, so at C = 1000 or 2056 it cannot prove that stream rows start on 16-byte boundaries
+    and falls back to scalar loads; the kernels take this as a constexpr and rewrite
+    C = (C // VEC) * VEC, which proves it (16-byte vectors of fp32 need VEC >= 4, of bf16 VEC = 8)."""
+    C = int(C)
+    return min(8, C & -C) if C > 0 else 1
+
+
 def mix_blocks(T: int, C: int, n: int, dtype: torch.dtype, device: torch.device, backward: bool) -> Blocks:
     """Block shape for pre-mix and post + residual (forward: 2-D grid over tokens x channels;
     backward: a loop over channels with per-split partial reductions).
 
     CUDA: one token per program and BC = 32 * warps * vec channels, vec = 16 bytes / itemsize, so
     every thread loads 16-byte vectors of each stream and the n-stream axis stays inside the
-    thread: the per-token n / n x n mixing needs no shared-memory layout change, and no
-    configuration spills (checked with ptxas for sm_90, n <= 8, fp32 and bf16: docs/kernels.md).
+    thread: the per-token n / n x n mixing needs no shared-memory layout change. Checked with
+    ptxas for sm_90 (benchmarks/kernel_resources.py, docs/kernels.md): no spills up to n = 4; the
+    post + residual backward spills 8-24 bytes at n = 5..8 (150-170 registers at n = 8).
     The backward splits the channel loop when there are too few tokens to fill the device
     (decoding, small batches). Interpreter: as many tokens and channels per program as allowed.
     """

@@ -27,11 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import Blocks, check_device, mix_blocks, next_pow2, on_device
+from .launch import Blocks, channel_vec, check_device, mix_blocks, next_pow2, on_device
 
 
 @triton.jit
-def _pre_mix_fwd_kernel(X, H, Y, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+def _pre_mix_fwd_kernel(
+    X, H, Y, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr
+):
+    C = (C // VEC) * VEC  # a no-op that tells Triton C is a multiple of VEC: vector loads at any C
     # 2-D grid (token blocks, channel blocks): no reduction over C, so no loop
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -51,8 +54,9 @@ def _pre_mix_fwd_kernel(X, H, Y, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl
 
 @triton.jit
 def _pre_mix_bwd_kernel(
-    X, H, G, GX, GH, T, C, SPLITS, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr
+    X, H, G, GX, GH, T, C, SPLITS, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr
 ):
+    C = (C // VEC) * VEC  # a no-op that tells Triton C is a multiple of VEC: vector loads at any C
     # grid (token blocks, SPLITS): program s walks channel chunks s, s + SPLITS, ... and writes its
     # partial dh_pre to GH[s] (summed over splits by the caller)
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
@@ -76,8 +80,9 @@ def _pre_mix_bwd_kernel(
 
 @triton.jit
 def _post_res_fwd_kernel(
-    X, F, HR, HP, OUT, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr
+    X, F, HR, HP, OUT, T, C, N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr
 ):
+    C = (C // VEC) * VEC  # a no-op that tells Triton C is a multiple of VEC: vector loads at any C
     # 2-D grid (token blocks, channel blocks); the (BT, NP, BC) stream tile is read once and
     # each new stream j is a sum over the in-thread old-stream axis
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
@@ -103,8 +108,9 @@ def _post_res_fwd_kernel(
 @triton.jit
 def _post_res_bwd_kernel(
     X, F, HR, HP, G, GX, GF, GHR, GHP, T, C, SPLITS,
-    N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, VEC: tl.constexpr,
 ):
+    C = (C // VEC) * VEC  # a no-op that tells Triton C is a multiple of VEC: vector loads at any C
     # grid (token blocks, SPLITS) as in _pre_mix_bwd_kernel; partial dh_res / dh_post per split
     t = (tl.program_id(0) * BT + tl.arange(0, BT)).to(tl.int64)
     s = tl.program_id(1)
@@ -188,7 +194,7 @@ def _pre_mix_op(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
         b = blocks(N, C, n, x.dtype, x.device, backward=False)
         with on_device(x):
             _pre_mix_fwd_kernel[_fwd_grid(N, C, b)](
-                x, h_pre, y, N, C, N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, num_warps=b.warps
+                x, h_pre, y, N, C, N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, VEC=channel_vec(C), num_warps=b.warps,
             )
     return y
 
@@ -209,7 +215,8 @@ def _pre_mix_backward_op(x: torch.Tensor, h_pre: torch.Tensor, grad: torch.Tenso
     gh = torch.empty((b.splits, N, n), dtype=torch.float32, device=x.device)
     with on_device(x):
         _pre_mix_bwd_kernel[_bwd_grid(N, b)](
-            x, h_pre, grad, gx, gh, N, C, b.splits, N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, num_warps=b.warps
+            x, h_pre, grad, gx, gh, N, C, b.splits,
+            N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, VEC=channel_vec(C), num_warps=b.warps,
         )
     return gx, gh.sum(0).to(h_pre.dtype)
 
@@ -243,7 +250,8 @@ def _post_res_op(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_po
         b = blocks(N, C, n, x.dtype, x.device, backward=False)
         with on_device(x):
             _post_res_fwd_kernel[_fwd_grid(N, C, b)](
-                x, f_out, h_res, h_post, out, N, C, N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, num_warps=b.warps
+                x, f_out, h_res, h_post, out, N, C,
+                N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, VEC=channel_vec(C), num_warps=b.warps,
             )
     return out
 
@@ -268,7 +276,7 @@ def _post_res_backward_op(
     with on_device(x):
         _post_res_bwd_kernel[_bwd_grid(N, b)](
             x, f_out, h_res, h_post, grad, gx, gf, ghr, ghp, N, C, b.splits,
-            N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, num_warps=b.warps,
+            N=n, NP=next_pow2(n), BT=b.BT, BC=b.BC, VEC=channel_vec(C), num_warps=b.warps,
         )
     return gx, gf, ghr.sum(0).to(h_res.dtype), ghp.sum(0).to(h_post.dtype)
 

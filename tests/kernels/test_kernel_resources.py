@@ -1,6 +1,6 @@
 """benchmarks/kernel_resources.py: the kernels compile for sm_90 offline (no GPU) at the shapes the
 CUDA launch policy picks, and the memory-bound mixing kernels neither spill nor fall back to
-narrow loads. Runs in a subprocess: the report compiles for the GPU, not the interpreter."""
+narrow loads (also when C is not a multiple of 16). Runs in a subprocess: the report compiles for the GPU, not the interpreter."""
 
 import os
 import subprocess
@@ -23,10 +23,12 @@ def _ptxas_available() -> bool:
 
 
 @pytest.mark.skipif(not _ptxas_available(), reason="triton build without the NVIDIA ptxas")
-def test_mixing_kernels_compile_for_sm90_without_spills():
+@pytest.mark.parametrize("channels, dtype", [(2048, "bf16"), (1000, "fp32")])  # 1000: not a multiple of 16
+def test_mixing_kernels_compile_for_sm90_without_spills(channels, dtype):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = ROOT / "benchmarks" / "kernel_resources.py"
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"), "--n", "4", "--dtypes", "bf16", "--only", "pre_mix,post_res"],
+        [sys.executable, str(script), "--n", "4", "--channels", str(channels), "--dtypes", dtype, "--only", "pre_mix,post_res"],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -40,3 +42,4 @@ def test_mixing_kernels_compile_for_sm90_without_spills():
         assert int(r[col["spill B"]]) == 0, f"{name} spills: {r}"
         assert int(r[col["regs"]]) <= 128, f"{name} needs {r[col['regs']]} registers per thread"
         assert "v4" in r[col["stores"]], f"{name} stores are not 16-byte vectors: {r}"
+        assert "v4" in r[col["loads"]], f"{name} stream loads are not 16-byte vectors: {r}"
