@@ -9,7 +9,9 @@
 
 Overrides are dotted `section.key=value` pairs (CLI > file > defaults). An existing run_dir is
 resumed from its latest complete checkpoint (checkpoint.resume=auto); SIGTERM/SIGINT write a
-checkpoint and stop. Exit codes: 0 completed or interrupted cleanly, 2 bad config, 3 diverged.
+checkpoint and stop. Exit codes: 0 completed, 2 bad config (or a run_dir / checkpoint that cannot
+be used), 3 diverged, 4 interrupted by a signal (checkpoint written: rerun the same command to
+resume), so `pretrain.py ... && next-step` never goes on with an unfinished run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from mhc_lm.config_utils import ConfigError  # noqa: E402
+
+EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,15 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         config = load_run_config(args.config, overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
         status = Trainer(config).fit()
     except TrainingDiverged as err:
         print(f"[mhc-lm] training diverged: {err}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
+    except ConfigError as err:  # found once the run starts: data, tokenizer, run_dir, checkpoint to resume
+        print(f"config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     if os.environ.get("RANK", "0") == "0":
         print(f"[mhc-lm] {status}: {config.run_dir}", flush=True)
-    return 0
+    return EXIT_INTERRUPTED if status == "interrupted" else 0
 
 
 if __name__ == "__main__":

@@ -70,27 +70,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("overrides", nargs="*", help="extra dotted overrides for every run")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
 
     import torch
 
-    from mhc_lm.data import prepare_data
-    from mhc_lm.train import Trainer, load_run_config
+    import mhc_lm.data as data
+    import mhc_lm.train as train
+    from mhc_lm.config_utils import ConfigError
     from mhc_lm.train.config import REPO_ROOT
     from mhc_lm.train.run_log import read_metrics
 
     config_path = Path(args.config) if Path(args.config).is_file() else REPO_ROOT / args.config
-    base = load_run_config(config_path, args.overrides)
+    try:
+        base = train.load_run_config(config_path, args.overrides)
+        configs = [train.load_run_config(config_path, [
+            *args.overrides, f"model.residual_mode={mode}", f"run_dir={args.out / mode}",
+            f"train.max_steps={args.steps}", f"train.eval_every={max(1, args.steps // 6)}"]) for mode in args.modes]
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     print(f"[quickstart] preparing the embedded corpus -> {base.data.out_dir}", flush=True)
-    prepare_data(base.data)
+    data.prepare_data(base.data)
     summary = {}
-    for mode in args.modes:
-        cfg = load_run_config(config_path, [*args.overrides, f"model.residual_mode={mode}",
-                                            f"run_dir={args.out / mode}", f"train.max_steps={args.steps}",
-                                            f"train.eval_every={max(1, args.steps // 6)}"])
+    for mode, cfg in zip(args.modes, configs):
         print(f"[quickstart] training residual_mode={mode} for {args.steps} steps -> {cfg.run_dir}", flush=True)
         t0 = time.time()
         torch.manual_seed(cfg.train.seed)
-        Trainer(cfg).fit()
+        try:
+            status = train.Trainer(cfg).fit()
+        except ConfigError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            return 2
+        if status != "completed":
+            print(f"[quickstart] {mode} was {status} at a checkpoint: no table, plot or summary from unfinished "
+                  "runs; rerun the same command to resume", file=sys.stderr)
+            return 4
         records = read_metrics(Path(cfg.run_dir) / "metrics.jsonl")
         train = [r for r in records if "loss" in r]
         val = [r["val_loss"] for r in records if "val_loss" in r]

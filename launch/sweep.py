@@ -9,13 +9,16 @@ Each run is `launch/pretrain.py --config CONFIG model.residual_mode=MODE train.s
 run_dir=OUT/MODE_seedSEED [overrides...]`, run one after another (a finished run is reused, an
 interrupted one resumed: pretrain.py resumes from run_dir). The data preparation is shared (same
 `data` section for every run). Afterwards `python evals/compare.py OUT/* --out OUT/report` (= `python -m evals.compare`).
---print-only prints the commands (one per line, for a cluster scheduler) and the comparison.
+--print-only prints the commands (one per line, for a cluster scheduler) and the comparison
+(after checking the config). Ctrl-C / SIGTERM stop the current run at a checkpoint (the sweep
+waits for it) and end the sweep with exit code 4; rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MODES = ("standard", "hc", "mhc", "grid")
+SET_BY_SWEEP = ("model.residual_mode", "train.seed", "run_dir")  # one value per run: not overridable
+EXIT_INTERRUPTED = 4  # launch/pretrain.py: stopped by a signal, checkpoint written
 
 
 def parse_modes(text: str) -> list[str]:
@@ -54,14 +59,40 @@ def build_commands(config: str, modes: list[str], seeds: list[int], out: Path, o
 
 
 def check_config(config: str, overrides: list[str]) -> None:
-    """Fail before any run on a bad config or override (names the key, via the trainer's loader)."""
+    """Fail before any run on a bad config or override (names the key, via the trainer's loader),
+    and on overrides of what the sweep sets per run."""
     from mhc_lm.config_utils import ConfigError
     from mhc_lm.train.config import load_run_config
 
+    taken = [o for o in overrides if o.split("=", 1)[0].strip() in SET_BY_SWEEP]
+    if taken:
+        raise SystemExit(f"config error: {', '.join(taken)}: the sweep sets {', '.join(SET_BY_SWEEP)} per run "
+                         "(use --modes, --seeds / --seed-offset and --out instead)")
     try:
         load_run_config(config, ["model.residual_mode=standard", "train.seed=0", *overrides])
     except (ConfigError, FileNotFoundError) as err:
         raise SystemExit(f"config error: {err}") from err
+
+
+def run_one(argv: list[str]) -> tuple[int, bool]:
+    """Run one training command; SIGINT / SIGTERM reaching the sweep are passed on to it (it then
+    checkpoints and stops) and the sweep waits for it instead of killing it mid-checkpoint.
+    Returns (exit code, whether the sweep itself was signalled)."""
+    proc = subprocess.Popen(argv)
+    signalled = []
+
+    def forward(signum, frame):
+        signalled.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)  # idempotent for the trainer: a second SIGINT changes nothing
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return rc, bool(signalled)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,19 +120,23 @@ def main(argv: list[str] | None = None) -> int:
                    "--out", str(out / "report")]
     compare_cmd += ["--probe"] if args.probe else []
 
+    check_config(args.config, args.overrides)
     if args.print_only:
         for _, argv_ in cmds:
             print(shlex.join(argv_))
         print(shlex.join(compare_cmd))
         return 0
 
-    check_config(args.config, args.overrides)
     failed = []
     for i, (run_dir, argv_) in enumerate(cmds, 1):
         print(f"[sweep] {i}/{len(cmds)} {run_dir.name}: {shlex.join(argv_)}", flush=True)
         t0 = time.time()
-        rc = subprocess.call(argv_)
+        rc, signalled = run_one(argv_)
         print(f"[sweep] {run_dir.name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+        if signalled or rc == EXIT_INTERRUPTED:
+            print(f"[sweep] interrupted during {run_dir.name}: no further runs and no comparison; rerun the same "
+                  "sweep command to resume it", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if rc != 0:
             failed.append((run_dir, rc))
             if rc == 2 or not args.keep_going:  # 2 = config error: every other run would fail the same way

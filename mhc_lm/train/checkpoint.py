@@ -16,7 +16,13 @@ import re
 import shutil
 from pathlib import Path
 
+from mhc_lm.config_utils import ConfigError
+
 STATE_FILE = "trainer_state.json"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed (damaged files, another world size): bad input, not a bug."""
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 
 
@@ -39,12 +45,28 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def _damaged(ckpt: Path, what: str) -> CheckpointError:
+    """Error for an unreadable checkpoint, naming the complete checkpoint before it (if any)."""
+    ckpt = Path(ckpt)
+    older = [p for p in complete_checkpoints(ckpt.parent.parent) if p.name < ckpt.name]
+    fix = (f"move {ckpt} out of {ckpt.parent} (or delete it) and rerun: checkpoint.resume=auto then resumes "
+           f"from {older[-1]}" if older else "start a new run_dir, or restore the files from a backup")
+    return CheckpointError(f"checkpoint {ckpt} cannot be resumed: {what}. If it is damaged (a crash or a full disk "
+                           f"while it was copied), {fix}")
+
+
 def read_state(ckpt: Path) -> dict:
     path = Path(ckpt) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no {STATE_FILE}); "
-                                f"pick one listed by complete_checkpoints() or set checkpoint.resume=auto")
-    return json.loads(path.read_text())
+        raise CheckpointError(f"{ckpt} is not a complete checkpoint (no {STATE_FILE}); "
+                              f"pick one listed by complete_checkpoints() or set checkpoint.resume=auto")
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _damaged(ckpt, f"{STATE_FILE} is not valid JSON ({err})") from err
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise _damaged(ckpt, f"{STATE_FILE} holds no step")
+    return state
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, loader_state, keep_last: int,
@@ -79,9 +101,12 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, loader_s
 def load_checkpoint(accelerator, ckpt: Path) -> dict:
     """Collective: restores Accelerate state; returns the trainer state (with `loader_states`)."""
     state = read_state(ckpt)
-    if state["world_size"] != accelerator.num_processes:
-        raise RuntimeError(
-            f"{ckpt} was written by {state['world_size']} processes, this run has {accelerator.num_processes}: "
+    if state.get("world_size") != accelerator.num_processes:
+        raise CheckpointError(
+            f"{ckpt} was written by {state.get('world_size')} processes, this run has {accelerator.num_processes}: "
             "exact data resume needs the same world size (or start a new run_dir / checkpoint.resume=none)")
-    accelerator.load_state(str(ckpt))
+    try:
+        accelerator.load_state(str(ckpt))
+    except Exception as err:  # truncated safetensors / optimizer files, a missing shard, ...
+        raise _damaged(ckpt, f"loading its model / optimizer state failed ({type(err).__name__}: {err})") from err
     return state

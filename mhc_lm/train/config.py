@@ -12,6 +12,7 @@ rejected by `mhc_lm.config_utils` with the dotted key and the valid choices name
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -196,6 +197,37 @@ class RunConfig:
             raise ConfigError("optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1]")
         if not 0 < self.optim.decay_fraction <= 1:
             raise ConfigError(f"optim.decay_fraction: must be in (0, 1], got {self.optim.decay_fraction}")
+        o = self.optim
+        checks = [
+            ("optim.lr", o.lr, math.isfinite(o.lr) and o.lr > 0, "a finite number > 0"),
+            ("optim.weight_decay", o.weight_decay, math.isfinite(o.weight_decay) and o.weight_decay >= 0, ">= 0"),
+            ("optim.beta1", o.beta1, 0 <= o.beta1 < 1, "in [0, 1)"),
+            ("optim.beta2", o.beta2, 0 <= o.beta2 < 1, "in [0, 1)"),
+            ("optim.eps", o.eps, math.isfinite(o.eps) and o.eps > 0, "> 0"),
+            ("train.grad_clip", t.grad_clip, math.isfinite(t.grad_clip) and t.grad_clip >= 0, ">= 0 (0 = no clipping)"),
+            ("train.eval_every", t.eval_every, t.eval_every >= 0, ">= 0 (0 = only at the end)"),
+            ("train.eval_batches", t.eval_batches, t.eval_batches >= 1, ">= 1"),
+            ("checkpoint.every", self.checkpoint.every, self.checkpoint.every >= 0, ">= 0 (0 = on signals and at the end)"),
+            ("logging.log_every", self.logging.log_every, self.logging.log_every >= 1, ">= 1"),
+        ]
+        for name, value, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"{name}: must be {want}, got {value!r}")
+        unknown = sorted(set(self.logging.trackers) - known_trackers())
+        if unknown:
+            raise ConfigError(f"logging.trackers: unknown {unknown}; known: {sorted(known_trackers())}")
+        if not self.run_dir.strip():
+            raise ConfigError("run_dir: must not be empty")
+
+
+def known_trackers() -> set[str]:
+    """Tracker names Accelerate's `log_with` accepts."""
+    try:
+        from accelerate.utils import LoggerType
+
+        return {t.value for t in LoggerType} | {"all"}
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        return {"all", "tensorboard", "wandb"}
 
 
 def resolve_preset_path(preset: str) -> Path:
@@ -243,7 +275,13 @@ def resolved(cfg: RunConfig, model_config=None) -> RunConfig:
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Defaults < YAML file < dotted overrides; the preset (if any) is checked too."""
     cfg = load_config(RunConfig, path, overrides)
-    model_kwargs(cfg.model)  # fail early on a missing or bad preset
+    try:  # fail early on a missing or bad preset and on inconsistent model settings
+        model = build_model_config(cfg.model)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model: {err}") from err
+    if cfg.data.seq_len > model.max_position_embeddings:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_position_embeddings="
+                          f"{model.max_position_embeddings}: raise model.max_position_embeddings or lower data.seq_len")
     return cfg
 
 

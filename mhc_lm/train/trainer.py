@@ -93,12 +93,13 @@ class Trainer:
     def _check_model_vs_data(self, model_config) -> None:
         d = self.data
         if model_config.vocab_size < d.vocab_size:
-            raise ValueError(
-                f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer/data vocabulary "
-                f"({d.vocab_size}): set model.vocab_size={d.vocab_size} (or data.vocab_size to match the model)")
+            raise ConfigError(
+                f"model.vocab_size={model_config.vocab_size} is smaller than the vocabulary of the tokenizer and "
+                f"data{f' in {d.prepared_dir}' if d.prepared_dir else ''} ({d.vocab_size} ids): set "
+                f"model.vocab_size={d.vocab_size} or more, or point data.* at a corpus tokenized with a smaller vocabulary")
         if model_config.max_position_embeddings < d.seq_len:
-            raise ValueError(f"data.seq_len={d.seq_len} exceeds model.max_position_embeddings="
-                             f"{model_config.max_position_embeddings}")
+            raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_position_embeddings="
+                              f"{model_config.max_position_embeddings}")
         tok = d.tokenizer
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if tok is not None and getattr(self.config.model, key) is None and getattr(tok, key, None) is not None:
@@ -142,15 +143,27 @@ class Trainer:
             return ckpt_lib.latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
         path = Path(choice)
         if not (path / ckpt_lib.STATE_FILE).is_file():
-            raise FileNotFoundError(f"checkpoint.resume={choice}: not a complete checkpoint (no {ckpt_lib.STATE_FILE})")
+            raise ConfigError(f"checkpoint.resume={choice}: not a complete checkpoint directory (no "
+                              f"{ckpt_lib.STATE_FILE} in it); use auto, none or the path of a checkpoints/step_* folder")
         return path
 
     def _check_previous_run(self, resume_path: Path | None) -> None:
-        """Refuse to mix two runs in one run_dir (before anything in it is written)."""
+        """Refuse to mix two runs in one run_dir, or a run with files that are not a run's (before
+        anything in it is written)."""
         run_dir, cfg = self.run_dir, self.config
         metrics = run_dir / "metrics.jsonl"
         holds_run = (run_dir.is_dir() and bool(ckpt_lib.complete_checkpoints(run_dir))) or (
             metrics.is_file() and metrics.stat().st_size > 0)
+        if run_dir.is_dir() and not (run_dir / "meta.json").is_file() and not holds_run:
+            # every start writes config.yaml then meta.json before anything else: a folder holding other
+            # files but no meta.json was not written by a run (a kill between the two leaves config.yaml)
+            others = sorted(p.name for p in run_dir.iterdir()
+                            if p.name not in ("config.yaml", "checkpoints") and not p.name.endswith(".tmp"))
+            if others:
+                raise ConfigError(
+                    f"run_dir={run_dir} already holds files that are not from a training run ({', '.join(others[:5])}"
+                    f"{', ...' if len(others) > 5 else ''}); the run would write config.yaml, meta.json, metrics.jsonl, "
+                    "checkpoints/ and hf/ files into it. Fix: choose a new or empty run_dir")
         if cfg.checkpoint.resume == "none" and holds_run:
             raise ConfigError(
                 f"{run_dir} already holds a run (checkpoints/ or metrics.jsonl) and checkpoint.resume=none: a new run "

@@ -115,3 +115,33 @@ def test_pretrain_cli_rejects_a_typo(capsys):
     spec.loader.exec_module(pretrain)
     assert pretrain.main(["--config", str(REPO / "configs/tiny_cpu.yaml"), "optim.lr_max=1"]) == 2
     assert "optim.lr_max" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, match", [
+    ("optim.lr=-1", r"optim\.lr: must be a finite number > 0"),
+    ("optim.lr=nan", r"optim\.lr: must be a finite number > 0"),
+    ("optim.beta2=1.0", r"optim\.beta2: must be in \[0, 1\)"),
+    ("train.grad_clip=-1", r"train\.grad_clip: must be >= 0"),
+    ("logging.log_every=0", r"logging\.log_every: must be >= 1"),
+    ("train.eval_batches=0", r"train\.eval_batches: must be >= 1"),
+    ("logging.trackers=[tensorbord]", r"logging\.trackers: unknown \['tensorbord'\].*tensorboard"),
+    ("model.num_attention_heads=5", r"model: num_attention_heads \(5\) must divide hidden_size"),
+    ("data.seq_len=100000", r"data\.seq_len=100000 exceeds model\.max_position_embeddings=512"),
+])
+def test_bad_values_are_config_errors_at_load_time(override, match):
+    # found by load_run_config, so launch/pretrain.py exits 2 with one line instead of a traceback mid-run
+    with pytest.raises(ConfigError, match=match):
+        load_run_config(REPO / "configs/tiny_cpu.yaml", [override])
+
+
+def test_pretrain_cli_exits_2_on_errors_found_after_start(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_cli", REPO / "launch" / "pretrain.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    code = cli.main(["--config", str(REPO / "configs/tiny_cpu.yaml"), f"run_dir={tmp_path / 'run'}",
+                     "--resume", str(tmp_path / "no_such_checkpoint")])
+    assert code == 2
+    assert "checkpoint.resume=" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written
