@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 TXT_SAMPLE_BY = ("document", "paragraph", "line")
 TOKEN_DTYPES = ("auto", "uint16", "uint32")
+DEFAULT_VOCAB_SIZE = 8192
 
 
 @dataclass
@@ -20,8 +21,9 @@ class DataConfig:
     """Fraction of whole documents held out for validation (deterministic by `seed`)."""
     tokenizer: str | None = None
     """Existing HF tokenizer directory or hub name; None = train a sentencepiece BPE on the train split."""
-    vocab_size: int = 8192
-    """Vocabulary size of a newly trained tokenizer."""
+    vocab_size: int | None = None
+    """Vocabulary size of a newly trained tokenizer (None = 8192). With `tokenizer` set the vocab is the
+    tokenizer's: leave this None, or it must equal that vocab (checked by prepare_data)."""
     seq_len: int = 256
     """Tokens per training window (windows read seq_len + 1 tokens for next-token targets)."""
     out_dir: str = "data_cache/default"
@@ -47,12 +49,15 @@ class DataConfig:
     token_dtype: str = "auto"
     """Shard dtype: 'auto' (uint16 when the vocab fits, else uint32), 'uint16' or 'uint32'."""
     overwrite: bool = False
-    """Replace an existing out_dir whose preparation does not match this config (otherwise that is an error)."""
+    """Replace an earlier preparation in out_dir that does not match this config (otherwise an error); a folder
+    with content prepare_data did not write is never replaced."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
-        if self.vocab_size < 300:
+        if self.vocab_size is None and self.tokenizer is None:
+            self.vocab_size = DEFAULT_VOCAB_SIZE
+        if self.vocab_size is not None and self.vocab_size < 300:
             raise ValueError(
                 f"data.vocab_size={self.vocab_size} is too small: a byte-fallback tokenizer needs 256 byte "
                 "tokens + 4 special tokens + merges; use at least 300 (e.g. data.vocab_size=512)"

@@ -4,16 +4,24 @@ Everything is built in a hidden staging folder next to `out_dir` and renamed int
 when complete (meta.json written last), so an interrupted or failed run never leaves a
 folder that looks prepared. A complete folder whose fingerprint (the config keys that change
 the tokens + the input files' sizes and mtimes) matches is reused as is.
+
+`data.overwrite=true` replaces only an earlier preparation (nothing but meta.json, tokenizer/ and
+shards, with our meta.json or shards present) or an empty folder; a folder with any other content
+is never deleted. Staging folders are named `.NAME.partial-HOST-PID-RANDOM`; those left behind by a killed
+run (its process gone on this host, or older than a day) are removed by the next prepare of NAME.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import replace
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -21,43 +29,87 @@ from tqdm.auto import tqdm
 
 from mhc_lm.config_utils import to_dict
 
-from .config import DataConfig
+from .config import DEFAULT_VOCAB_SIZE, DataConfig
 from .shards import PackedTokens, ShardWriter, choose_dtype
 from .sources import (is_val_document, load_embedded, load_hub, load_local, resolve_files,
                       source_description, split_indices)
 from .tokenizer import (DocumentEncoder, check_encoder_agreement, import_tokenizer, load_tokenizer,
-                        tokenizer_sha256, train_sentencepiece)
+                        load_tokenizer_by_name, tokenizer_sha256, tokenizer_vocab_size, train_sentencepiece)
 
 FORMAT_VERSION = 1
 FINGERPRINT_KEYS = ("train_files", "val_files", "text_column", "val_fraction", "tokenizer", "vocab_size", "seed",
                     "corpus", "txt_sample_by", "hub_split", "hub_config", "max_documents",
                     "tokenizer_train_chars", "shard_tokens", "token_dtype")
 ROUND_TRIP_PROBE = "  Naïve café — “quotes”, 日本語, emoji 🙂\n\ttabs  and   spaces, digits 1790-2021 "
+# Every name prepare_data ever writes inside out_dir (staging included); anything else is not ours.
+LAYOUT_NAMES = re.compile(r"meta\.json(\.tmp)?|tokenizer|(train|val)_\d{5}\.bin(\.tmp)?")
+STALE_PARTIAL_SECONDS = 24 * 3600
 
 
 def _fingerprint_inputs(cfg: DataConfig) -> dict:
     inputs = {"format_version": FORMAT_VERSION, **{k: to_dict(getattr(cfg, k)) for k in FINGERPRINT_KEYS}}
+    if inputs["vocab_size"] is None:  # data.tokenizer set, vocab_size left unset: same key as before
+        inputs["vocab_size"] = DEFAULT_VOCAB_SIZE
     inputs["sources"] = source_description(cfg)
     if cfg.tokenizer and Path(cfg.tokenizer).is_dir():
         inputs["tokenizer_sha256"] = tokenizer_sha256(Path(cfg.tokenizer))
     return inputs
 
 
+def _not_replaceable(out_dir: Path) -> str | None:
+    """Why out_dir must not be deleted, or None when it is empty or recognisably a preparation.
+
+    A preparation holds only names prepare_data writes, and either our meta.json or token shards.
+    """
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        return "is not a folder"
+    names = sorted(p.name for p in out_dir.iterdir())
+    if not names:
+        return None
+    foreign = [n for n in names if not LAYOUT_NAMES.fullmatch(n)]
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        return f"holds files prepare_data did not write ({listed})"
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text())
+        ours = isinstance(meta, dict) and {"format_version", "splits"} <= set(meta)
+    except (OSError, ValueError):
+        ours = False
+    if not ours and not any(n.endswith((".bin", ".bin.tmp")) for n in names):
+        return f"holds no meta.json or token shards of a data preparation (only {', '.join(names)})"
+    return None
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse (always, overwrite or not) to replace a folder that is not an earlier preparation."""
+    why = _not_replaceable(out_dir)
+    if why:
+        raise FileExistsError(
+            f"{out_dir} exists and is not a prepared data folder: it {why}. It is never replaced, even with "
+            "data.overwrite=true. Fix: set data.out_dir to a new or empty folder (e.g. data_cache/NAME)."
+        )
+
+
 def _reusable(out_dir: Path, inputs: dict, overwrite: bool) -> bool:
-    """True when out_dir already holds this exact, complete preparation; errors on a foreign folder."""
+    """True when out_dir already holds this exact, complete preparation; errors on a foreign folder.
+
+    False means out_dir is absent, empty, or (with `overwrite`) an earlier preparation that may be
+    replaced. A folder with content prepare_data did not write is always an error.
+    """
     if not out_dir.exists():
         return False
     meta_path = out_dir / "meta.json"
     fix = "Fix: choose another data.out_dir, or set data.overwrite=true to replace it."
     if not meta_path.is_file():
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
+        _check_replaceable(out_dir)
+        if not any(out_dir.iterdir()):
             return False
         if overwrite:
             return False
-        raise FileExistsError(f"{out_dir} exists and is not a prepared data folder (no meta.json). {fix}")
+        raise FileExistsError(f"{out_dir} holds an incomplete data preparation (no meta.json). {fix}")
     try:
         old = json.loads(meta_path.read_text()).get("fingerprint_inputs", {})
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, AttributeError):
         old = None
     if old == json.loads(json.dumps(inputs)):
         try:
@@ -67,18 +119,79 @@ def _reusable(out_dir: Path, inputs: dict, overwrite: bool) -> bool:
         except (ValueError, FileNotFoundError) as err:
             if not overwrite:
                 raise ValueError(f"{out_dir} matches this config but is damaged: {err}") from err
+            _check_replaceable(out_dir)
             return False
+    _check_replaceable(out_dir)
     if overwrite:
         return False
     changed = sorted(k for k in set(inputs) | set(old or {}) if (old or {}).get(k) != json.loads(json.dumps(inputs)).get(k))
     raise FileExistsError(f"{out_dir} holds data prepared with a different config or input (differs in: {changed}). {fix}")
 
 
-def _publish(staging: Path, out_dir: Path, inputs: dict) -> None:
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _staging_name(out_dir: Path) -> Path:
+    """A fresh `.NAME.partial-HOST-PID-RANDOM` path next to out_dir."""
+    return out_dir.with_name(f".{out_dir.name}.partial-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = folder.lstat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return newest
+
+
+def _remove_stale_partials(out_dir: Path) -> list[Path]:
+    """Delete staging folders of out_dir left by killed runs; returns the removed paths.
+
+    A partial named with this host and a pid that no longer runs here is stale. One from another
+    host (shared filesystem) or with an older name (no host) is stale only when nothing in it
+    changed for STALE_PARTIAL_SECONDS, since its writer may still be running elsewhere.
+    """
+    if not out_dir.parent.is_dir():
+        return []
+    host = _host_tag()
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)-[0-9a-f]{{8}}")
+    removed = []
+    for path in out_dir.parent.glob(f".{glob_escape(out_dir.name)}.partial-*"):
+        match = pattern.fullmatch(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            if match["host"] == host:
+                stale = int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"]))
+            else:
+                stale = time.time() - _newest_mtime(path) > STALE_PARTIAL_SECONDS
+        except OSError:  # vanished meanwhile (its writer finished)
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _publish(staging: Path, out_dir: Path, inputs: dict, overwrite: bool = True) -> None:
     """Rename the finished staging folder to out_dir (replacing an old one only after success)."""
     old = None
     if out_dir.exists():
-        if _reusable(out_dir, inputs, overwrite=True):
+        if _reusable(out_dir, inputs, overwrite=overwrite):
             return  # another process (e.g. a second rank) published this same preparation meanwhile
         old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(out_dir, old)
@@ -168,14 +281,30 @@ def _write_stream(stream, encoder: DocumentEncoder, staging: Path, dtype: str, c
     return out if out["val"]["documents"] else {"train": out["train"]}
 
 
+def _check_tokenizer_vocab(cfg: DataConfig) -> None:
+    """data.vocab_size sizes a newly trained tokenizer; with data.tokenizer it must be unset or agree."""
+    tok = load_tokenizer_by_name(cfg.tokenizer)
+    vocab = tokenizer_vocab_size(tok)
+    if vocab != cfg.vocab_size:
+        raise ValueError(
+            f"data.tokenizer={cfg.tokenizer!r} has a vocabulary of {vocab} tokens but data.vocab_size="
+            f"{cfg.vocab_size}: data.vocab_size only sets the size of a tokenizer trained when data.tokenizer is "
+            f"unset, so it cannot change this one. Fix: set data.vocab_size=null (or {vocab}) and "
+            f"model.vocab_size >= {vocab}, or unset data.tokenizer to train a {cfg.vocab_size}-token tokenizer."
+        )
+
+
 def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
     """Prepare tokenizer + shards in `cfg.out_dir` (reused when complete and matching); returns it."""
     out_dir = Path(cfg.out_dir).expanduser().absolute()
     inputs = _fingerprint_inputs(cfg)
+    if cfg.tokenizer and cfg.vocab_size is not None:
+        _check_tokenizer_vocab(cfg)
     if _reusable(out_dir, inputs, cfg.overwrite):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    _remove_stale_partials(out_dir)
+    staging = _staging_name(out_dir)
     staging.mkdir()
     t0 = time.time()
     import datasets
@@ -189,17 +318,18 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
         # a Hub stream with local data.val_files: the whole stream is train (no hash split of it)
         stream_cfg = replace(cfg, val_fraction=0.0) if (streamed and val is not None) else cfg
         tok_dir = staging / "tokenizer"
+        new_vocab = cfg.vocab_size if cfg.vocab_size is not None else DEFAULT_VOCAB_SIZE
         if cfg.tokenizer:
             import_tokenizer(cfg.tokenizer, tok_dir)
             tok_source = cfg.tokenizer
         else:
-            train_sentencepiece(_tokenizer_texts(train, stream_cfg, streamed), cfg.vocab_size, tok_dir,
+            train_sentencepiece(_tokenizer_texts(train, stream_cfg, streamed), new_vocab, tok_dir,
                                 cfg.tokenizer_train_chars, cfg.seed)
             probes = [ROUND_TRIP_PROBE] + (list(val.select(range(min(3, len(val))))["text"]) if val is not None else [])
             check_encoder_agreement(tok_dir, probes)
-            tok_source = f"sentencepiece BPE (byte fallback), vocab_size={cfg.vocab_size}"
+            tok_source = f"sentencepiece BPE (byte fallback), vocab_size={new_vocab}"
         tok = load_tokenizer(tok_dir)
-        vocab_size = max(len(tok), max(tok.get_vocab().values()) + 1)  # ids need not be contiguous
+        vocab_size = tokenizer_vocab_size(tok)
         dtype = choose_dtype(vocab_size, cfg.token_dtype)
         encoder = DocumentEncoder(tok_dir)
         if streamed:
@@ -229,7 +359,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
         tmp = staging / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, staging / "meta.json")
-        _publish(staging, out_dir, inputs)
+        _publish(staging, out_dir, inputs, cfg.overwrite)
     finally:
         if bars_were_on and not progress:
             datasets.enable_progress_bars()

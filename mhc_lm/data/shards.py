@@ -105,7 +105,9 @@ class PackedTokens:
     """Memory-mapped token stream of one split: `len(ds)` tokens, `ds[a:b]`, `ds.windows(starts, n)`.
 
     Validates on open that every shard exists with exactly the byte size its metadata records,
-    and that the tokenizer in `out_dir/tokenizer` is the one the shards were made with.
+    and that the tokenizer in `out_dir/tokenizer` is the one the shards were made with. Every
+    read (`ds[a:b]`, `ds.windows`) checks its ids are < meta.json's vocab_size (one max() per
+    read), so a corrupt shard is an error naming the file and offset, not an embedding crash.
     """
 
     def __init__(self, out_dir: str | Path, split: str = "train"):
@@ -126,6 +128,7 @@ class PackedTokens:
             raise ValueError(f"{self.out_dir / 'meta.json'}: {err}. {fix}") from None
         self._check_tokenizer(fix)
         self.arrays: list[np.ndarray] = []
+        self.files: list[Path] = []  # path of each entry of self.arrays
         for shard in splits[split]["shards"]:
             path = self.out_dir / shard["file"]
             if not path.is_file():
@@ -139,6 +142,7 @@ class PackedTokens:
                 )
             if shard["tokens"]:
                 self.arrays.append(np.memmap(path, dtype=self.dtype, mode="r", shape=(int(shard["tokens"]),)))
+                self.files.append(path)
         self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])  # (n_shards + 1,)
         if int(self.offsets[-1]) != int(splits[split]["tokens"]):
             raise ValueError(f"{self.out_dir / 'meta.json'}: split {split} token count disagrees with its shards. {fix}")
@@ -167,7 +171,23 @@ class PackedTokens:
         start, stop, step = key.indices(len(self))
         if step != 1:
             raise ValueError("PackedTokens slices must have step 1")
-        return self._read(start, max(stop - start, 0))
+        out = self._read(start, max(stop - start, 0))
+        self._check_ids(out[None, :], np.array([start]))
+        return out
+
+    def _check_ids(self, ids: np.ndarray, starts: np.ndarray) -> None:
+        """Raise ValueError naming the shard and offset when a row of `ids` (read at `starts`) has an id >= vocab."""
+        if not ids.size or int(ids.max()) < self.vocab_size:
+            return
+        row, col = np.unravel_index(int(np.argmax(ids >= self.vocab_size)), ids.shape)
+        pos = int(starts[row]) + int(col)
+        shard = int(np.searchsorted(self.offsets, pos, side="right")) - 1
+        local = pos - int(self.offsets[shard])
+        raise ValueError(
+            f"shard {self.files[shard]} holds token id {int(ids[row, col])} at token {local} (byte "
+            f"{local * self.dtype.itemsize}), but {self.out_dir / 'meta.json'} records vocab_size={self.vocab_size}: "
+            f"the shard is corrupt or was not written for this data folder. {REPREPARE.format(out_dir=self.out_dir)}"
+        )
 
     def _read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length), possibly across shard boundaries."""
@@ -190,8 +210,11 @@ class PackedTokens:
             raise IndexError(f"window [{starts.max()}, {starts.max() + length}) is outside the {len(self)} tokens")
         if len(self.arrays) == 1:  # fast path: one fancy-indexed read
             idx = starts[:, None] + np.arange(length)[None, :]  # (B, length)
-            return np.asarray(self.arrays[0][idx])
-        return np.stack([self._read(int(s), length) for s in starts]) if starts.size else np.zeros((0, length), self.dtype)
+            out = np.asarray(self.arrays[0][idx])
+        else:
+            out = np.stack([self._read(int(s), length) for s in starts]) if starts.size else np.zeros((0, length), self.dtype)
+        self._check_ids(out, starts)  # one max() over the batch: corrupt ids never reach the embedding
+        return out
 
 
 def check_compatible(meta_or_dataset, model_vocab_size: int, eos_token_id: int | None = None) -> None:
@@ -209,12 +232,14 @@ def check_compatible(meta_or_dataset, model_vocab_size: int, eos_token_id: int |
         meta, where = read_meta(meta_or_dataset), meta_or_dataset
     data_vocab = int(meta["vocab_size"])
     if data_vocab > model_vocab_size:
+        given = (meta.get("config") or {}).get("tokenizer")
+        other = (f"a tokenizer of at most {model_vocab_size} tokens in place of data.tokenizer={given!r}" if given
+                 else f"data.vocab_size <= {model_vocab_size}")
         raise ValueError(
             f"{where} was tokenized with a vocabulary of {data_vocab} tokens (tokenizer sha256 "
             f"{meta.get('tokenizer', {}).get('sha256', '?')[:12]}) but the model has vocab_size={model_vocab_size}: "
             f"ids up to {data_vocab - 1} would index past its embedding. Fix: set the model's "
-            f"vocab_size >= {data_vocab}, or re-prepare the data with data.vocab_size <= {model_vocab_size} "
-            "into a new data.out_dir."
+            f"vocab_size >= {data_vocab}, or re-prepare the data with {other} into a new data.out_dir."
         )
     data_eos = meta.get("tokenizer", {}).get("eos_token_id")
     if eos_token_id is not None and data_eos is not None and int(data_eos) != int(eos_token_id):

@@ -119,17 +119,27 @@ def _save_hf_tokenizer(spm_file: Path, out_dir: Path) -> None:
     tok.save_pretrained(str(out_dir))
 
 
-def import_tokenizer(name_or_dir: str, out_dir: Path) -> Path:
-    """Copy an existing HF tokenizer (directory or Hub name) into `out_dir` via save_pretrained."""
+def load_tokenizer_by_name(name_or_dir: str):
+    """An existing HF tokenizer (directory or Hub name), as data.tokenizer names it; ValueError if unloadable."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_dir)
+        return AutoTokenizer.from_pretrained(name_or_dir)
     except Exception as err:  # OSError, ValueError, ... depending on what is wrong
         raise ValueError(
             f"data.tokenizer={name_or_dir!r} could not be loaded as a Hugging Face tokenizer ({err}). "
             "Fix: point it at a folder holding tokenizer.json / tokenizer_config.json, or unset it to train one."
         ) from err
+
+
+def tokenizer_vocab_size(tok) -> int:
+    """Rows an embedding needs for every id of `tok` (ids need not be contiguous)."""
+    return max(len(tok), max(tok.get_vocab().values()) + 1)
+
+
+def import_tokenizer(name_or_dir: str, out_dir: Path) -> Path:
+    """Copy an existing HF tokenizer (directory or Hub name) into `out_dir` via save_pretrained."""
+    tok = load_tokenizer_by_name(name_or_dir)
     if tok.eos_token_id is None:
         raise ValueError(
             f"tokenizer {name_or_dir!r} has no eos token, which marks document ends in the shards. "

@@ -41,3 +41,20 @@ def test_cli_config_and_overrides(tmp_path, corpus_docs, capsys):
     assert "no file matches" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["--help"])
+
+
+def test_cli_overwrite_does_not_delete_a_docs_folder(tmp_path, corpus_docs, capsys):
+    """`data.out_dir=docs data.overwrite=true` is refused; the error does not suggest overwrite."""
+    cli = load_cli()
+    write_txt(tmp_path / "txt", corpus_docs[:12])
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("data.md", "training.md"):
+        (docs / name).write_text(f"# {name}")
+    args = ["--quiet", f"data.train_files=['{tmp_path}/txt/*.txt']", "data.vocab_size=400", f"data.out_dir={docs}"]
+    for extra in ([], ["data.overwrite=true"]):
+        assert cli.main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert str(docs) in err and "not a prepared data folder" in err and "data.md" in err
+        assert "to replace it" not in err
+    assert sorted(p.name for p in docs.iterdir()) == ["data.md", "training.md"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -137,3 +138,40 @@ def test_windows_across_shard_boundaries(tmp_path, corpus_docs):
         expected = np.stack([stream[s : s + 38] for s in starts]).astype(np.int64)
         assert np.array_equal(batch["input_ids"].numpy(), expected[:, :-1])
         assert np.array_equal(batch["labels"].numpy(), expected[:, 1:])
+
+
+def _poke(shard, offset: int, value: int) -> None:
+    ids = np.memmap(shard, dtype=np.uint16, mode="r+")
+    ids[offset] = value
+    ids.flush()
+    del ids
+
+
+def test_ids_outside_the_vocab_are_an_error_naming_the_shard(prepared, tmp_path):
+    out_dir = tmp_path / "copy"
+    shutil.copytree(prepared[0], out_dir)
+    shard = out_dir / "train_00000.bin"
+    ds = PackedTokens(out_dir, "train")
+    bad = len(ds) // 2
+    _poke(shard, bad, 5000)  # vocab is 400; the file size stays right, so opening succeeds
+    ds = PackedTokens(out_dir, "train")
+    loader = WindowLoader(ds, seq_len=16, batch_size=4, shuffle=False)
+    with pytest.raises(ValueError, match=rf"train_00000.bin holds token id 5000 at token {bad} .*vocab_size=400"):
+        for _ in range(len(loader)):
+            next(loader)
+    with pytest.raises(ValueError, match=rf"train_00000.bin holds token id 5000 at token {bad} "):
+        ds[0 : len(ds)]
+    assert ds[0:bad].max() < 400  # reads that miss the bad token are fine
+    np.full(len(ds), 5000, np.uint16).tofile(shard)  # a whole shard of garbage
+    with pytest.raises(ValueError, match=r"train_00000.bin holds token id 5000"):
+        next(WindowLoader(PackedTokens(out_dir, "train"), seq_len=16, batch_size=4))
+
+
+def test_out_of_vocab_id_in_a_later_shard_names_that_shard(tmp_path, corpus_docs):
+    write_txt(tmp_path / "txt", corpus_docs[:12])
+    out_dir = prepare_data(small_config(tmp_path, shard_tokens=500, val_fraction=0.0), progress=False)
+    _poke(out_dir / "train_00002.bin", 7, 401)
+    loader = WindowLoader(PackedTokens(out_dir, "train"), seq_len=37, batch_size=2, shuffle=False)
+    with pytest.raises(ValueError, match=r"train_00002.bin holds token id 401 at token 7 \(byte 14\)"):
+        for _ in range(len(loader)):
+            next(loader)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,10 +181,10 @@ def test_existing_tokenizer_and_dtype_limits(tmp_path):
     files = [str(tmp_path / "in" / "*.txt")]
     with pytest.raises(ValueError, match=r"does not fit data.token_dtype=uint16.*uint32"):
         prepare_data(small_config(tmp_path, train_files=files, tokenizer=str(tok_dir), token_dtype="uint16",
-                                  val_fraction=0.0), progress=False)
+                                  val_fraction=0.0, vocab_size=None), progress=False)
     assert leftovers(tmp_path) == ["bigtok"]
-    out_dir = prepare_data(small_config(tmp_path, train_files=files, tokenizer=str(tok_dir), val_fraction=0.0),
-                           progress=False)
+    out_dir = prepare_data(small_config(tmp_path, train_files=files, tokenizer=str(tok_dir), val_fraction=0.0,
+                                        vocab_size=None), progress=False)
     meta = read_meta(out_dir)
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_000
     ds = PackedTokens(out_dir, "train")
@@ -258,3 +265,112 @@ def test_publish_race_keeps_the_first_complete_folder(tmp_path, corpus_docs):
     prepare_module._publish(late, out_dir, prepare_module._fingerprint_inputs(cfg))
     assert out_dir.stat().st_ino == inode and late.exists()  # caller's finally removes its staging
     PackedTokens(out_dir, "train")
+
+
+def test_overwrite_never_deletes_a_folder_prepare_data_did_not_write(tmp_path, corpus_docs):
+    """data.overwrite=true replaces an earlier preparation or an empty folder, nothing else."""
+    write_txt(tmp_path / "txt", corpus_docs[:12])
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "guide.md").write_text("# notes")
+    only_tok = tmp_path / "only_tok"
+    (only_tok / "tokenizer").mkdir(parents=True)
+    (only_tok / "tokenizer" / "tokenizer.json").write_text("{}")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    for target in (docs, only_tok, a_file):
+        for overwrite in (False, True):
+            with pytest.raises(FileExistsError, match="is not a prepared data folder.*never replaced") as err:
+                prepare_data(small_config(tmp_path, out_dir=str(target), overwrite=overwrite), progress=False)
+            assert str(target) in str(err.value) and "to replace it" not in str(err.value)
+    assert (docs / "guide.md").read_text() == "# notes" and (only_tok / "tokenizer" / "tokenizer.json").is_file()
+    assert a_file.read_text() == "keep me"
+
+    out_dir = prepare_data(small_config(tmp_path, out_dir=str(tmp_path / "prep")), progress=False)
+    (out_dir / "NOTES.md").write_text("mine")  # a user file in an earlier preparation
+    with pytest.raises(FileExistsError, match=r"NOTES.md.*never replaced"):
+        prepare_data(small_config(tmp_path, out_dir=str(out_dir), vocab_size=420, overwrite=True), progress=False)
+    assert (out_dir / "NOTES.md").read_text() == "mine" and read_meta(out_dir)["vocab_size"] == 400
+    assert prepare_data(small_config(tmp_path, out_dir=str(out_dir)), progress=False) == out_dir  # reuse is fine
+    (out_dir / "NOTES.md").unlink()
+    prepare_data(small_config(tmp_path, out_dir=str(out_dir), vocab_size=420, overwrite=True), progress=False)
+    assert read_meta(out_dir)["vocab_size"] == 420
+
+    (tmp_path / "empty").mkdir()
+    prepare_data(small_config(tmp_path, out_dir=str(tmp_path / "empty")), progress=False)
+    assert read_meta(tmp_path / "empty")["vocab_size"] == 400
+
+
+def test_tokenizer_with_another_data_vocab_size_is_an_error(tmp_path):
+    tok_dir = _big_vocab_tokenizer(tmp_path / "tok", size=1000)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("w1 w2 w3 w997")
+    files = [str(tmp_path / "in" / "*.txt")]
+    with pytest.raises(ValueError, match=r"has a vocabulary of 1000 tokens but data.vocab_size=4096.*only sets "
+                                         r"the size of a tokenizer trained when data.tokenizer is unset"):
+        prepare_data(small_config(tmp_path, train_files=files, tokenizer=str(tok_dir), vocab_size=4096,
+                                  val_fraction=0.0, out_dir=str(tmp_path / "a")), progress=False)
+    assert not (tmp_path / "a").exists()
+    for name, vocab in (("b", None), ("c", 1000)):  # unset, or equal to the tokenizer's: fine
+        out_dir = prepare_data(small_config(tmp_path, train_files=files, tokenizer=str(tok_dir), vocab_size=vocab,
+                                            val_fraction=0.0, out_dir=str(tmp_path / name)), progress=False)
+        assert read_meta(out_dir)["vocab_size"] == 1000
+    with pytest.raises(ValueError, match=r"vocab_size >= 1000, or re-prepare the data with a tokenizer of at most "
+                                         r"512 tokens in place of data.tokenizer=") as err:
+        check_compatible(out_dir, model_vocab_size=512)
+    assert "data.vocab_size" not in str(err.value)
+
+
+def _partial(tmp_path, name):
+    path = tmp_path / name
+    (path / "cache").mkdir(parents=True)
+    (path / "cache" / "x.arrow").write_bytes(b"0" * 10)
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_partial_folders_are_removed_only_when_their_writer_is_gone(tmp_path):
+    out_dir = tmp_path / "prepared"
+    host, dead, alive = prepare_module._host_tag(), _dead_pid(), os.getppid()
+    stale = [_partial(tmp_path, f".prepared.partial-{host}-{dead}-0123abcd")]
+    keep = [_partial(tmp_path, f".prepared.partial-{host}-{alive}-0123abcd"),  # writer still runs
+            _partial(tmp_path, f".prepared.partial-otherhost-{dead}-0123abcd"),  # maybe running elsewhere
+            _partial(tmp_path, f".prepared.partial-{dead}-0123abcd"),  # old name without host, recent
+            _partial(tmp_path, f".other.partial-{host}-{dead}-0123abcd"),  # another target
+            _partial(tmp_path, ".prepared.partial-late")]  # not a name prepare_data makes
+    old = [_partial(tmp_path, f".prepared.partial-otherhost-{alive}-4567abcd"),
+           _partial(tmp_path, f".prepared.partial-{alive}-4567abcd")]
+    two_days_ago = time.time() - 2 * 86400
+    for path in old:
+        for p in [path, *path.rglob("*")]:
+            os.utime(p, (two_days_ago, two_days_ago))
+    assert sorted(prepare_module._remove_stale_partials(out_dir)) == sorted(stale + old)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale + old)
+
+
+KILLED_PREPARE = """
+import os, signal, sys
+from mhc_lm.data import prepare as prepare_module
+from tests.data.conftest import small_config
+from pathlib import Path
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+prepare_module._write_split = die
+prepare_module.prepare_data(small_config(Path(sys.argv[1])), progress=False)
+"""
+
+
+def test_prepare_after_sigkill_removes_the_partial_folder(tmp_path, corpus_docs):
+    write_txt(tmp_path / "txt", corpus_docs[:12])
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", KILLED_PREPARE, str(tmp_path)], cwd=root, capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert len([p for p in leftovers(tmp_path) if ".partial-" in p]) == 1
+    prepare_data(small_config(tmp_path), progress=False)
+    assert leftovers(tmp_path) == ["prepared"]
