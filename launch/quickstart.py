@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                   "runs; rerun the same command to resume", file=sys.stderr)
             return 4
         records = read_metrics(Path(cfg.run_dir) / "metrics.jsonl")
-        train = [r for r in records if "loss" in r]
+        train_records = [r for r in records if "loss" in r]
         val = [r["val_loss"] for r in records if "val_loss" in r]
-        tail = train[-20:]
+        tail = train_records[-20:]
         summary[mode] = {
             "final_train_loss": sum(r["loss"] for r in tail) / len(tail),
             "final_val_loss": val[-1] if val else None,
