@@ -18,6 +18,12 @@ spike score = % of evaluated steps that were loss spikes; max Amax fwd/bwd = max
 of `amax/{fwd,bwd}/composite`; vanished ratio and grad std = last probe; tokens/s = median of
 `tokens_per_s`. Probe values missing from the log come from RUN_DIR/stability.json when present
 (`--probe` computes it).
+
+Each run directory counts once: the same directory given twice (also via `.`/`..` or a symlink)
+is refused. Runs of one mode whose logs end at different steps are still averaged, with a warning
+naming each run and its last step (the curves then cover the steps all of them logged). Unreadable
+metrics.jsonl lines are skipped with a warning; a run without any readable record is an error.
+Errors exit with status 2.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ class Run:
     metrics_config: dict = field(default_factory=dict)
     stability: dict = field(default_factory=dict)
 
+    @property
+    def last_step(self) -> int:
+        return max(int(r["step"]) for r in self.records)
+
     def series(self, key: str, train_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of the numeric entries `key`, last value per step."""
         by_step = {}
@@ -67,11 +77,23 @@ class Run:
 
 # ---------------------------------------------------------------- loading
 def read_jsonl(path: Path) -> list[dict]:
-    """Records of a metrics.jsonl; an unreadable line is skipped with a warning naming it."""
-    def bad(i: int, line: str) -> None:
+    """Records of a metrics.jsonl; an unreadable line is skipped with a warning naming it, a file
+    without any record (a JSON object with a "step") is an error (SystemExit naming it)."""
+    bad_lines: list[tuple[int, str]] = []
+    records = [rec for rec in read_metrics(path, on_bad=lambda i, line: bad_lines.append((i, line)))
+               if "step" in rec]
+    if not records:
+        if bad_lines:
+            i, line = bad_lines[0]
+            detail = (f"{len(bad_lines)} unreadable line(s), the first is line {i}: "
+                      f"{line[:40] + ('...' if len(line) > 40 else '')!r}")
+        else:
+            detail = "no JSON object with a \"step\" in it"
+        raise SystemExit(f"{path}: no readable metrics records ({detail}); is it the metrics.jsonl of a "
+                         "training run?")
+    for i, _ in bad_lines:
         warnings.warn(f"{path}:{i}: not a JSON object, skipped (a line cut by a crash?)", stacklevel=3)
-
-    return [rec for rec in read_metrics(path, on_bad=bad) if "step" in rec]
+    return records
 
 
 def load_run(path: Path) -> Run:
@@ -93,6 +115,28 @@ def load_run(path: Path) -> Run:
     if (path / "stability.json").is_file():
         stability = json.loads((path / "stability.json").read_text()).get("metrics", {})
     return Run(path, str(mode), seed, read_jsonl(metrics), cfg.get("metrics") or {}, stability)
+
+
+def check_distinct(run_dirs: list[Path]) -> None:
+    """Refuse a run directory given twice (after resolving `.`, `..` and symlinks): it would count as two seeds."""
+    seen: dict[Path, Path] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            same = f"{d}" if str(seen[key]) == str(d) else f"{seen[key]} and {d} (both {key})"
+            raise SystemExit(f"run directory given twice: {same}; each run counts as one seed, pass it once")
+        seen[key] = Path(d)
+
+
+def warn_uneven_lengths(groups: dict[str, list[Run]]) -> None:
+    """Warn when the runs averaged as seeds of one mode end at different steps."""
+    for mode, runs in groups.items():
+        ends = [(r.path, r.last_step) for r in runs]
+        if len({s for _, s in ends}) > 1:
+            warnings.warn(f"{mode}: the runs averaged as its seeds end at different steps ("
+                          + ", ".join(f"{p}: step {s}" for p, s in ends)
+                          + "); final values mix training lengths, curves cover only the steps all logged",
+                          stacklevel=3)
 
 
 def group(runs: list[Run]) -> dict[str, list[Run]]:
@@ -325,6 +369,9 @@ def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool
     """Load, (optionally probe,) plot and report; returns the per-mode summary."""
     if not run_dirs:
         raise SystemExit("no run directories given")
+    if final_window < 1:
+        raise SystemExit(f"final window must be >= 1 training losses (got {final_window})")
+    check_distinct(run_dirs)
     if probe:
         from evals.stability import run_stability
 
@@ -334,6 +381,7 @@ def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool
     runs = [load_run(Path(d)) for d in run_dirs]
     out.mkdir(parents=True, exist_ok=True)
     groups = group(runs)
+    warn_uneven_lengths(groups)
     summary = summarize(groups, final_window)
     plots = make_plots(groups, out)
     write_reports(summary, plots, out, runs)
@@ -349,18 +397,42 @@ def default_out(run_dirs: list[Path]) -> Path:
     return common / "compare"
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder for PNGs and reports (default: compare/ in the folder holding the runs)")
-    parser.add_argument("--final-window", type=int, default=10, help="training losses averaged for 'final'")
+    parser.add_argument("--final-window", type=positive_int, default=10,
+                        help="training losses averaged for 'final' (>= 1; default %(default)s)")
     parser.add_argument("--probe", action="store_true",
                         help="run evals.stability on runs without stability.json (needs hf/ and the prepared data)")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = default_out(args.run_dirs)
-    summary = compare(args.run_dirs, args.out, args.final_window, args.probe)
+    with warnings.catch_warnings():
+        warnings.showwarning = _print_warning  # one line per warning on stderr (restored on exit)
+        try:
+            summary = compare(args.run_dirs, args.out, args.final_window, args.probe)
+        except SystemExit as err:
+            if not isinstance(err.code, str):
+                raise
+            print(f"error: {err.code}", file=sys.stderr)  # a bad run directory or argument: one line, status 2
+            return 2
     header, rows = table_rows(summary)
     for r in rows:
         print("  ".join(f"{h}={c}" for h, c in zip(header, r)))

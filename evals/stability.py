@@ -6,8 +6,14 @@ Loads RUN_DIR/hf (or --model, any exported MhcLmForCausalLM folder), reads valid
 from the run's prepared data (config.yaml `data.out_dir`, or --data), and runs
 `mhc_lm.metrics.probe_model` on each batch: Amax gain per layer and composite (hc/mhc), per-layer
 residual-stream and gradient RMS, vanished-gradient ratio at each eps and gradient std. Values
-are averaged over the batches (maxima for `*_max`). Writes RUN_DIR/stability.json (atomically).
-Names are those of docs/stability.md.
+are averaged over the batches (maxima for `*_max`). Writes RUN_DIR/stability.json, or the JSON
+file --out names (not a directory; --out needs a single RUN_DIR), atomically. Names are those of
+docs/stability.md.
+
+Checked before the model runs, each an error with exit status 2: --batches, --batch-size and
+--seq-len >= 1; the window length (--seq-len, else the run's data.seq_len) at most the model's
+max_position_embeddings; --out not an existing directory; --device usable by this torch (CUDA
+available, index in range).
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ def read_run_config(run_dir: Path) -> dict:
         raise SystemExit(f"{path}: not valid YAML ({err}); fix or remove it") from err
 
 
-def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size: int | None, seq_len: int | None):
-    """`batches` validation batches {"input_ids", "labels"} of the run's prepared data."""
+def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size: int | None, seq_len: int | None,
+                  max_seq_len: int | None = None, model_dir: Path | None = None):
+    """`batches` validation batches {"input_ids", "labels"} of the run's prepared data; a window
+    longer than `max_seq_len` (the model's max_position_embeddings, read from `model_dir`) is refused."""
     from mhc_lm.data import PackedTokens, WindowLoader
 
     cfg = read_run_config(run_dir)
@@ -52,7 +60,11 @@ def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size
     if not data_dir.is_dir():
         raise SystemExit(f"prepared data folder not found: {data_dir} (from {run_dir / 'config.yaml'} data.out_dir); "
                          "pass --data PREPARED_DIR or rerun the data preparation")
-    seq_len = seq_len or int(data_cfg.get("seq_len") or 128)
+    seq_len, source = resolve_seq_len(run_dir, seq_len)
+    if max_seq_len is not None and seq_len > max_seq_len:
+        where = f" ({Path(model_dir) / 'config.json'})" if model_dir else ""
+        raise SystemExit(f"window length {seq_len} ({source}) exceeds the model's max_position_embeddings "
+                         f"{max_seq_len}{where}; pass --seq-len {max_seq_len} or less")
     batch_size = batch_size or int(train_cfg.get("micro_batch_size") or 8)
     split = "val"
     try:
@@ -63,6 +75,32 @@ def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size
         loader = WindowLoader(PackedTokens(data_dir, split="train"), seq_len, batch_size, seed=12345)
     it = iter(loader)
     return [next(it) for _ in range(batches)], split
+
+
+def resolve_seq_len(run_dir: Path, seq_len: int | None) -> tuple[int, str]:
+    """(window length, where it comes from) as `probe_batches` uses it."""
+    if seq_len:
+        return int(seq_len), "--seq-len"
+    data_cfg = read_run_config(run_dir).get("data") or {}
+    if data_cfg.get("seq_len"):
+        return int(data_cfg["seq_len"]), f"data.seq_len of {run_dir / 'config.yaml'}"
+    return 128, "the default window length"
+
+
+def check_device(device: str) -> None:
+    """SystemExit with a one-line reason when torch cannot use `device`."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise SystemExit(f"--device {device}: not a torch device ({str(err).splitlines()[0]})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {device}: CUDA is not available to this torch (torch {torch.__version__}, "
+                             f"built with CUDA {torch.version.cuda or 'none'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SystemExit(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 def average(results: list[dict]) -> dict[str, float]:
@@ -82,16 +120,25 @@ def run_stability(run_dir: Path, model_dir: Path | None = None, data_dir: Path |
     import torch
 
     from mhc_lm.metrics import probe_model
-    from mhc_lm.model import MhcLmForCausalLM
+    from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM
 
     run_dir = Path(run_dir)
+    for name, value in (("--batches", batches), ("--batch-size", batch_size), ("--seq-len", seq_len)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{name} must be >= 1 (got {value})")
+    out = Path(out) if out else run_dir / "stability.json"
+    if out.is_dir():  # checked before the probe: writing would fail only at the end
+        raise SystemExit(f"output {out} is a directory; --out names the JSON file to write, "
+                         f"e.g. {out / 'stability.json'}")
+    check_device(device)
     model_dir = Path(model_dir) if model_dir else run_dir / "hf"
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"no exported model at {model_dir} (config.json missing): the run exports hf/ at the end "
                          "(train.export_hf), or use `python launch/export_hf.py`, or pass --model DIR")
+    max_pos = MhcLmConfig.from_pretrained(model_dir).max_position_embeddings
+    data, split = probe_batches(run_dir, data_dir, batches, batch_size, seq_len, max_pos, model_dir)
     model = MhcLmForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     model.eval()
-    data, split = probe_batches(run_dir, data_dir, batches, batch_size, seq_len)
     results = []
     for b in tqdm(data, desc=f"stability {run_dir.name}", disable=len(data) < 2):
         b = {k: v.to(device) for k, v in b.items()}
@@ -102,7 +149,6 @@ def run_stability(run_dir: Path, model_dir: Path | None = None, data_dir: Path |
         "batch_shape": list(data[0]["input_ids"].shape), "vanished_eps": list(eps), "vanished_exclude": list(exclude),
         "metrics": average(results),
     }
-    out = Path(out) if out else run_dir / "stability.json"
     write_json_atomic(out, record)
     return record
 
@@ -110,8 +156,23 @@ def run_stability(run_dir: Path, model_dir: Path | None = None, data_dir: Path |
 def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave the temporary file behind (e.g. `path` is a directory)
+        raise
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,21 +180,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (with hf/ and config.yaml)")
     parser.add_argument("--model", type=Path, default=None, help="HF folder to probe (default RUN_DIR/hf)")
     parser.add_argument("--data", type=Path, default=None, help="prepared data folder (default config data.out_dir)")
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's train.micro_batch_size")
-    parser.add_argument("--seq-len", type=int, default=None, help="default: the run's data.seq_len")
+    parser.add_argument("--batches", type=positive_int, default=4, help="probe batches (>= 1; default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="default: the run's train.micro_batch_size")
+    parser.add_argument("--seq-len", type=positive_int, default=None,
+                        help="default: the run's data.seq_len; at most the model's max_position_embeddings")
     parser.add_argument("--eps", type=float, nargs="+", default=list(DEFAULT_EPS))
     parser.add_argument("--include-embeddings", action="store_true",
                         help="count embedding/LM-head gradients in the vanished ratio (unseen rows are exact zeros)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None, help="output JSON (default RUN_DIR/stability.json)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu (default), cuda, cuda:1")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output JSON file, not a directory (default RUN_DIR/stability.json)")
     args = parser.parse_args(argv)
     if args.out and len(args.run_dirs) > 1:
         parser.error("--out needs a single RUN_DIR")
     exclude = () if args.include_embeddings else ("embed_tokens", "lm_head")
     for run_dir in args.run_dirs:
-        rec = run_stability(run_dir, args.model, args.data, args.batches, args.batch_size, args.seq_len,
-                            tuple(args.eps), exclude, args.device, args.out)
+        try:
+            rec = run_stability(run_dir, args.model, args.data, args.batches, args.batch_size, args.seq_len,
+                                tuple(args.eps), exclude, args.device, args.out)
+        except SystemExit as err:
+            if not isinstance(err.code, str):
+                raise
+            print(f"error: {err.code}", file=sys.stderr)  # a bad run directory or argument: one line, status 2
+            return 2
         m = rec["metrics"]
         keys = ["amax/fwd/composite", "amax/bwd/composite"] + [k for k in m if k.startswith("vanished/")] + ["grad_std"]
         print(f"{run_dir} ({rec['residual_mode']}): " + ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m))

@@ -1,8 +1,8 @@
 """`python -m evals.glue`: evaluate one model on GLUE, or compare finished evaluations.
 
     python -m evals.glue --model runs/mhc_1b --tasks cola,sst2,mrpc --protocol finetune --out glue/mhc
-    python -m evals.glue --model runs/mhc_1b/hf --tasks all --protocol zeroshot --out glue/mhc_zs \
-        --data-dir ~/glue_data  zeroshot.batch_size=64
+    python -m evals.glue --model runs/mhc_1b/hf --tasks all --protocol zeroshot --out glue/mhc_zs \\
+        --data-dir ~/glue_data zeroshot.batch_size=64
     python -m evals.glue --compare glue/standard glue/hc glue/mhc glue/grid [--out compare.md]
 
 Trailing `key=value` arguments override configs/eval/glue.yaml (`tasks.rte.num_epochs=20`).

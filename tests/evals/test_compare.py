@@ -238,3 +238,84 @@ def test_sweep_runs_every_mode_and_seed_then_compares(tmp_path):
     assert summary["grid"]["final_val_loss"]["mean"] == pytest.approx(4.5)
     with pytest.raises(SystemExit, match="config error"):
         sweep("--config", "configs/tiny_cpu.yaml", "--out", out, "--launcher", launcher, "train.max_stepz=3")
+
+
+# ---------------------------------------------------------------- argument and input checks
+def test_a_run_given_twice_is_refused(runs, capsys):
+    root, _ = runs
+    a = root / "mhc_s0"
+    out = root / "r"
+    assert main([str(a), str(a), "--out", str(out)]) == 2  # once as two "seeds" it was seeds=2 ± 0.0000
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "given twice" in err and str(a) in err
+    assert not out.exists()
+    with pytest.raises(SystemExit, match="given twice"):
+        compare([a, root / "mhc_s1" / ".." / "mhc_s0"], out)  # same directory after resolving
+    (root / "link").symlink_to(a)
+    with pytest.raises(SystemExit, match="given twice"):
+        compare([a, root / "link"], out)
+
+
+def test_seeds_of_different_lengths_are_named_in_a_warning(runs, capsys):
+    root, _ = runs
+    short = root / "mhc_s1" / "metrics.jsonl"
+    short.write_text("".join(ln + "\n" for ln in short.read_text().splitlines()[:6]))  # steps 1..6
+    with pytest.warns(UserWarning, match="different steps") as caught:
+        compare([root / "mhc_s0", root / "mhc_s1", root / "std_s0"], root / "r")
+    msg = str(caught[0].message)
+    assert f"{root / 'mhc_s0'}: step 300" in msg and f"{root / 'mhc_s1'}: step 6" in msg and "std_s0" not in msg
+    assert main([str(root / "mhc_s0"), str(root / "mhc_s1"), "--out", str(root / "r2")]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "different steps" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: mhc:") and "step 6" in warned[0]
+
+
+def test_same_length_seeds_do_not_warn(runs):
+    import warnings
+
+    root, _ = runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare([root / "mhc_s0", root / "mhc_s1"], root / "r")
+
+
+@pytest.mark.parametrize("text", ["not json\n{oops\n", "", '{"loss": 1.0}\n'])
+def test_a_run_without_readable_records_is_an_error(runs, capsys, text):
+    root, _ = runs
+    metrics = root / "mhc_s1" / "metrics.jsonl"
+    metrics.write_text(text)
+    assert main([str(root / "mhc_s0"), str(root / "mhc_s1"), "--out", str(root / "r")]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and str(metrics) in lines[0] and "no readable metrics records" in lines[0]
+    assert "warning:" not in err  # one error, not a warning per line
+    with pytest.raises(SystemExit, match="no readable metrics records"):
+        compare([root / "mhc_s1"], root / "r")
+
+
+def test_a_partly_unreadable_log_warns_per_line(runs):
+    root, _ = runs
+    metrics = root / "mhc_s0" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 301, "lo')
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:\d+: not a JSON object"):
+        summary = compare([root / "mhc_s0"], root / "r")
+    assert summary["mhc"]["seeds"] == [0]
+
+
+@pytest.mark.parametrize("window", ["0", "-3", "x"])
+def test_final_window_must_be_at_least_one(runs, capsys, window):
+    root, _ = runs
+    with pytest.raises(SystemExit) as exc:
+        main([str(root / "mhc_s0"), "--out", str(root / "r"), f"--final-window={window}"])
+    assert exc.value.code == 2
+    assert "--final-window" in capsys.readouterr().err
+    assert not (root / "r").exists()
+    with pytest.raises(SystemExit, match="final window must be >= 1"):
+        compare([root / "mhc_s0"], root / "r", final_window=0)
+
+
+def test_final_window_one_is_the_last_loss(runs):
+    root, exp = runs
+    summary = compare([root / "mhc_s0"], root / "r", final_window=1)
+    losses = [json.loads(ln)["loss"] for ln in (root / "mhc_s0" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(ln)]
+    assert summary["mhc"]["final_train_loss"]["mean"] == losses[-1]

@@ -58,3 +58,63 @@ def test_clear_errors(run_dir, tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"out_dir": str(tmp_path / "missing")}}))
     with pytest.raises(SystemExit, match="prepared data folder not found"):
         run_stability(tmp_path)
+
+
+def _err_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--batches", "--batch-size", "--seq-len"])
+def test_sizes_must_be_at_least_one(run_dir, tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as exc:
+        main([str(run_dir), flag, "0", "--out", str(tmp_path / "s.json")])
+    assert exc.value.code == 2 and flag in _err_line(capsys)
+    with pytest.raises(SystemExit, match="--batches must be >= 1"):
+        run_stability(run_dir, batches=0, out=tmp_path / "s.json")
+    assert not list(tmp_path.iterdir())
+
+
+def test_seq_len_beyond_the_model_positions_is_refused(run_dir, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main([str(run_dir), "--seq-len", "64", "--out", str(out)]) == 2
+    line = _err_line(capsys)
+    assert "64" in line and "max_position_embeddings 32" in line and "--seq-len" in line
+    assert not out.exists()
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "config.yaml").write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], "seq_len": 48}}))
+    with pytest.raises(SystemExit, match=r"window length 48 \(data.seq_len .*max_position_embeddings 32"):
+        run_stability(other, model_dir=run_dir / "hf")
+    assert main([str(run_dir), "--seq-len", "32", "--batches", "1", "--out", str(out)]) == 0  # the limit itself
+    assert json.loads(out.read_text())["batch_shape"] == [2, 32]
+
+
+def test_out_directory_is_refused_before_probing(run_dir, tmp_path, capsys):
+    target = tmp_path / "outdir"
+    target.mkdir()
+    assert main([str(run_dir), "--batches", "1", "--out", str(target)]) == 2
+    assert "is a directory" in _err_line(capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["outdir"]  # nothing written, no .tmp left
+
+
+def test_write_json_atomic_leaves_no_tmp_file(tmp_path):
+    from evals.stability import write_json_atomic
+
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(OSError):
+        write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "s.json"
+    assert main([str(run_dir), "--device", "cuda", "--out", str(out)]) == 2
+    assert "CUDA is not available" in _err_line(capsys)
+    assert main([str(run_dir), "--device", "gpu", "--out", str(out)]) == 2
+    assert "not a torch device" in _err_line(capsys)
+    assert not out.exists()
