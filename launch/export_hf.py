@@ -5,6 +5,8 @@
 
 Then: AutoModelForCausalLM.from_pretrained("runs/tiny/hf", trust_remote_code=True).
 Works for plain and DeepSpeed ZeRO checkpoints (ZeRO shards are consolidated to fp32).
+--out replaces only an earlier export (or an empty folder): the run directory, a folder above it,
+its checkpoints/, a file and a folder holding other files are refused (exit code 2, nothing deleted).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: latest complete checkpoint")
-    parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/hf")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: RUN_DIR/hf; a new or empty folder, or an earlier export (replaced)")
     args = parser.parse_args(argv)
 
     from mhc_lm.config_utils import ConfigError
-    from mhc_lm.train.export import export_run_dir
+    from mhc_lm.train.export import ExportTargetError, export_run_dir
 
     if not (args.run_dir / "config.yaml").is_file():
         print(f"error: {args.run_dir} is not a run directory (no config.yaml): pass the run_dir of "
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = export_run_dir(args.run_dir, args.out, args.checkpoint)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, ExportTargetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {out}")

@@ -6,22 +6,142 @@ The export of a run (`run_dir/hf`) is also published at the top of the run direc
 links, so no second copy of the weights), as the Hugging Face Trainer does with its
 output_dir: `from_pretrained(run_dir, trust_remote_code=True)` and
 `AutoTokenizer.from_pretrained(run_dir, trust_remote_code=True)` load it too.
+
+An export never deletes what it did not write: the target may be new, empty, or an earlier
+export (a folder holding only the files listed in its `.hf_export.json`, or, written before that
+marker existed, only the files `save_pretrained` writes); the run directory, a folder above it
+and anything inside its checkpoints/ are refused (`ExportTargetError`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 
-def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None = None) -> Path:
-    """save_pretrained of an (unwrapped) MhcLmForCausalLM + tokenizer, atomically."""
-    out_dir = Path(out_dir)
+# Written in every export folder: the names of the files the export wrote. A folder is replaced
+# by a new export only if it holds nothing else (its files are never published in the run dir).
+_EXPORT_MARKER = ".hf_export.json"
+# What save_pretrained of the model + tokenizer writes: recognises exports made before the marker.
+_EXPORT_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
+                    "pytorch_model*.bin", "pytorch_model.bin.index.json", "*.py", "tokenizer*",
+                    "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "*.model",
+                    "chat_template.*")
+
+
+class ExportTargetError(ValueError):
+    """The export folder cannot be written without deleting files that are not an earlier export."""
+
+
+def is_hf_export(folder: Path, partial: bool = False) -> bool:
+    """True if `folder` holds only an earlier export's files (so replacing it deletes nothing else).
+
+    With its marker: only the files the marker lists. Without (exports written before the marker):
+    only plain files named as save_pretrained names them, config.json among them, and the weights
+    unless `partial` (a `.tmp` folder left by an interrupted export)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    if any(e.is_symlink() or not e.is_file() for e in entries):
+        return False
+    names = {e.name for e in entries}
+    marker = folder / _EXPORT_MARKER
+    if marker.is_file():
+        try:
+            listed = json.loads(marker.read_text()).get("files")
+        except (ValueError, AttributeError):
+            return False
+        if partial and listed is None:  # written at the start of an export: everything in the .tmp is ours
+            return True
+        return isinstance(listed, list) and names <= {*map(str, listed), _EXPORT_MARKER}
+    if not all(any(fnmatch.fnmatch(n, pat) for pat in _EXPORT_PATTERNS) for n in names):
+        return False
+    has_weights = any(fnmatch.fnmatch(n, pat) for n in names for pat in ("model*.safetensors", "pytorch_model*.bin"))
+    return "config.json" in names and (partial or has_weights)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_export_target(out_dir: Path, run_dir: Path | None = None, checkpoint: Path | None = None) -> Path:
+    """Absolute path of `out_dir` if an export may be written there; raises ExportTargetError if not.
+
+    Refused: the current directory, the run directory, a folder above it (or above `checkpoint`),
+    anything inside the run's checkpoints/ (or `checkpoint`), a file, a folder under a file, and a
+    non-empty folder that is not an earlier export (`is_hf_export`), as is a `<out>.tmp` that is not one."""
+    out = Path(out_dir).expanduser().resolve()
+    if out == out.parent:
+        raise ExportTargetError(f"export folder {out} is the filesystem root: pass a new or empty folder")
+    if run_dir is not None:
+        run = Path(run_dir).expanduser().resolve()
+        if _within(run, out):
+            raise ExportTargetError(f"export folder {out} is the run directory {run} or a folder above it: exporting "
+                                    f"there would delete the run; pass a new folder (default: {run / 'hf'})")
+        if _within(out, run / "checkpoints"):
+            raise ExportTargetError(f"export folder {out} is inside the checkpoints of the run {run}: pass a folder "
+                                    f"outside {run / 'checkpoints'} (default: {run / 'hf'})")
+    if checkpoint is not None:
+        ckpt = Path(checkpoint).expanduser().resolve()
+        if _within(ckpt, out) or _within(out, ckpt):
+            raise ExportTargetError(f"export folder {out} contains or is inside the checkpoint {ckpt}: pass another folder")
+    if out == Path.cwd().resolve():
+        raise ExportTargetError(f"export folder {out} is the current directory, which the export would replace: "
+                                "pass a new folder (e.g. --out hf)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if existing != out and not existing.is_dir():
+        raise ExportTargetError(f"export folder {out} cannot be created: {existing} is a file; pass a folder path")
+    if out.exists():
+        if not out.is_dir():
+            raise ExportTargetError(f"export folder {out} is an existing file, not a folder: pass a folder path")
+        if any(out.iterdir()) and not is_hf_export(out):
+            names = sorted(p.name for p in out.iterdir())
+            held = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise ExportTargetError(f"export folder {out} is not empty ({held}) and is not an earlier export "
+                                    f"(only the files its {_EXPORT_MARKER} lists): exporting there would delete "
+                                    "them; pass a new or empty folder")
+    tmp = out.with_name(out.name + ".tmp")
+    leftover_ok = tmp.is_dir() and not tmp.is_symlink() and (not any(tmp.iterdir()) or is_hf_export(tmp, partial=True))
+    if (tmp.exists() or tmp.is_symlink()) and not leftover_ok:
+        raise ExportTargetError(f"{tmp} (where the export to {out} is written first) exists and is not an "
+                                "interrupted export: move it away or pass another folder")
+    return out
+
+
+def _write_marker(folder: Path, files: list[str] | None) -> None:
+    (folder / _EXPORT_MARKER).write_text(json.dumps({"files": files}) + "\n")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is moved aside first and deleted after, so a crash
+    leaves either the old or the new export at `out`."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.rename(out, trash / out.name)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        os.rename(trash / out.name, out)
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None = None,
+                   run_dir: Path | None = None, checkpoint: Path | None = None) -> Path:
+    """save_pretrained of an (unwrapped) MhcLmForCausalLM + tokenizer, atomically; returns the
+    absolute folder. Checked first with `check_export_target` (nothing is deleted if refused)."""
+    out_dir = check_export_target(out_dir, run_dir, checkpoint)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -30,12 +150,17 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
             value = getattr(tokenizer, key, None)
             if value is not None:
                 setattr(model.config, key, value)
-    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    try:
+        tmp.mkdir(parents=True)
+        _write_marker(tmp, None)  # an interrupted .tmp is recognised as ours
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _write_marker(tmp, sorted(p.name for p in tmp.iterdir() if p.name != _EXPORT_MARKER))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_dir(tmp, out_dir)
     return out_dir
 
 
@@ -53,7 +178,7 @@ def publish_in_run_dir(run_dir: Path, hf_dir: Path) -> list[str]:
     run_dir, hf_dir = Path(run_dir), Path(hf_dir)
     manifest = run_dir / _MANIFEST
     previous = json.loads(manifest.read_text()) if manifest.is_file() else []
-    names = sorted(p.name for p in hf_dir.iterdir() if p.is_file())
+    names = sorted(p.name for p in hf_dir.iterdir() if p.is_file() and p.name != _EXPORT_MARKER)
     published = []
     for name in names:
         if name in _RUN_FILES or (run_dir / name).is_dir():
@@ -87,6 +212,7 @@ def export_from_trainer(trainer) -> Path | None:
     from mhc_lm.train.checkpoint import checkpoint_dir
 
     acc = trainer.accelerator
+    check_export_target(Path(trainer.run_dir) / "hf", trainer.run_dir)  # on every rank, before any collective
     ckpt = checkpoint_dir(trainer.run_dir, trainer.step)
     if acc.distributed_type == DistributedType.DEEPSPEED and getattr(trainer, "_last_saved_step", -1) == trainer.step:
         acc.wait_for_everyone()
@@ -97,7 +223,7 @@ def export_from_trainer(trainer) -> Path | None:
     out = None
     if acc.is_main_process:
         out = save_hf_folder(trainer.unwrapped_model, Path(trainer.run_dir) / "hf",
-                             trainer.data.tokenizer, state_dict=state_dict)
+                             trainer.data.tokenizer, state_dict=state_dict, run_dir=trainer.run_dir)
         publish_in_run_dir(trainer.run_dir, out)
     acc.wait_for_everyone()
     return out
@@ -152,6 +278,7 @@ def export_run_dir(run_dir: Path, out_dir: Path | None = None, checkpoint: Path 
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}/checkpoints has no complete checkpoint to export")
+    out_dir = check_export_target(out_dir if out_dir else run_dir / "hf", run_dir, ckpt)  # before the slow part
     model = MhcLmForCausalLM(build_model_config(cfg.model))
     weights = load_checkpoint_weights(ckpt)
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -166,7 +293,7 @@ def export_run_dir(run_dir: Path, out_dir: Path | None = None, checkpoint: Path 
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", trust_remote_code=True)
-    out = save_hf_folder(model, Path(out_dir) if out_dir else run_dir / "hf", tokenizer)
+    out = save_hf_folder(model, out_dir, tokenizer, run_dir=run_dir, checkpoint=ckpt)
     if out.resolve() == (run_dir / "hf").resolve():
         publish_in_run_dir(run_dir, out)
     return out
