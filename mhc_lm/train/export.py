@@ -155,7 +155,15 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
         _write_marker(tmp, None)  # an interrupted .tmp is recognised as ours
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            # the model's context, not the library's "no limit" 1e30, so truncation=True works
+            max_len = getattr(model.config, "max_position_embeddings", None)
+            previous = tokenizer.model_max_length
+            if max_len:
+                tokenizer.model_max_length = int(max_len)
+            try:
+                tokenizer.save_pretrained(tmp)
+            finally:
+                tokenizer.model_max_length = previous
         _write_marker(tmp, sorted(p.name for p in tmp.iterdir() if p.name != _EXPORT_MARKER))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

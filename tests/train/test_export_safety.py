@@ -183,3 +183,23 @@ def test_trainer_refuses_a_foreign_hf_folder(tmp_path):
     hf = tmp_path / "run" / "hf"
     assert [p.name for p in hf.iterdir()] == ["notes.txt"] and (hf / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "run" / "hf.tmp").exists()
+
+
+def test_exported_tokenizer_knows_the_model_context(tmp_path):
+    # not transformers' "unlimited" 1e30: truncation=True must cut at max_position_embeddings
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM
+    from mhc_lm.train.export import save_hf_folder
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    model = MhcLmForCausalLM(MhcLmConfig(vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=6))
+    out = save_hf_folder(model, tmp_path / "hf", tok)
+    assert tok.model_max_length > 1e20  # the caller's tokenizer is left as it was
+    loaded = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    assert loaded.model_max_length == 6
+    assert len(loaded("a b a b a b a b", truncation=True)["input_ids"]) == 6
