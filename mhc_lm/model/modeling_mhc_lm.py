@@ -212,7 +212,9 @@ def build_attention_mask(attention_mask, batch: int, q_len: int, past_len: int, 
 class MhcLmModel(MhcLmPreTrainedModel):
     def __init__(self, config: MhcLmConfig):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        # no padding_idx: it would freeze that row, and pad_token_id (0 by default) is often a real token
+        # of a tokenizer without a pad token (GPT-2's "!"); padded positions are masked out anyway
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(MhcLmDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = MhcLmRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False

@@ -103,3 +103,16 @@ def test_bf16_load_keeps_mixing_fp32(tmp_path):
     assert all(d == torch.float32 for name, d in dtypes.items() if "mixing" in name)
     ids = torch.randint(3, 97, (1, 6))
     assert torch.isfinite(loaded(ids).logits.float()).all()
+
+
+def test_every_embedding_row_trains_including_the_pad_id():
+    # pad_token_id defaults to 0, which is an ordinary token for tokenizers without a pad token:
+    # its embedding row must get gradients when it occurs in the input
+    from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM
+
+    config = MhcLmConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=0)
+    model = MhcLmForCausalLM(config)
+    ids = torch.tensor([[0, 3, 0, 5, 7, 0]])
+    model(ids, labels=ids).loss.backward()
+    assert model.model.embed_tokens.weight.grad[0].abs().sum() > 0
