@@ -116,6 +116,18 @@ def check_export_target(out_dir: Path, run_dir: Path | None = None, checkpoint: 
     return out
 
 
+def _set_tokenizer_defaults(folder: Path, max_len: int | None) -> None:
+    """tokenizer_config.json: model_max_length = the model's context and padding_side = left."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    if max_len:
+        cfg["model_max_length"] = int(max_len)
+    cfg["padding_side"] = "left"
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
 def _write_marker(folder: Path, files: list[str] | None) -> None:
     (folder / _EXPORT_MARKER).write_text(json.dumps({"files": files}) + "\n")
 
@@ -155,15 +167,10 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
         _write_marker(tmp, None)  # an interrupted .tmp is recognised as ours
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
-            # the model's context, not the library's "no limit" 1e30, so truncation=True works
-            max_len = getattr(model.config, "max_position_embeddings", None)
-            previous = tokenizer.model_max_length
-            if max_len:
-                tokenizer.model_max_length = int(max_len)
-            try:
-                tokenizer.save_pretrained(tmp)
-            finally:
-                tokenizer.model_max_length = previous
+            # the model's context, not the library's "no limit" 1e30, so truncation=True works; left
+            # padding, so a padded batch of prompts generates (a decoder-only model continues the right end)
+            tokenizer.save_pretrained(tmp)
+            _set_tokenizer_defaults(tmp, getattr(model.config, "max_position_embeddings", None))
         _write_marker(tmp, sorted(p.name for p in tmp.iterdir() if p.name != _EXPORT_MARKER))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -185,7 +185,7 @@ def test_trainer_refuses_a_foreign_hf_folder(tmp_path):
     assert not (tmp_path / "run" / "hf.tmp").exists()
 
 
-def test_exported_tokenizer_knows_the_model_context(tmp_path):
+def test_exported_tokenizer_knows_the_model_context_and_pads_left(tmp_path):
     # not transformers' "unlimited" 1e30: truncation=True must cut at max_position_embeddings
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -203,3 +203,4 @@ def test_exported_tokenizer_knows_the_model_context(tmp_path):
     loaded = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
     assert loaded.model_max_length == 6
     assert len(loaded("a b a b a b a b", truncation=True)["input_ids"]) == 6
+    assert loaded.padding_side == "left" and tok.padding_side == "right"  # prompts batch for generate()
