@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         **{f"{split}_tokens": s["tokens"] for split, s in meta["splits"].items()},
         **{f"{split}_documents": s["documents"] for split, s in meta["splits"].items()},
     }
+    skipped = {k: n for k, n in meta.get("rows_without_text", {}).items() if n}
+    if skipped:  # rows whose text was missing or null (a warning named the files)
+        summary["rows_without_text"] = skipped
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -31,7 +31,7 @@ from mhc_lm.config_utils import to_dict
 
 from .config import DEFAULT_VOCAB_SIZE, DataConfig
 from .shards import PackedTokens, ShardWriter, choose_dtype
-from .sources import (is_val_document, load_embedded, load_hub, load_local, resolve_files,
+from .sources import (_looks_like_hub_name, is_val_document, load_embedded, load_hub, load_local, resolve_files,
                       source_description, split_indices)
 from .tokenizer import (DocumentEncoder, check_encoder_agreement, import_tokenizer, load_tokenizer,
                         load_tokenizer_by_name, tokenizer_sha256, tokenizer_vocab_size, train_sentencepiece)
@@ -54,6 +54,21 @@ def _fingerprint_inputs(cfg: DataConfig) -> dict:
     if cfg.tokenizer and Path(cfg.tokenizer).is_dir():
         inputs["tokenizer_sha256"] = tokenizer_sha256(Path(cfg.tokenizer))
     return inputs
+
+
+def _comparable(fingerprint: dict) -> dict:
+    """A fingerprint with local path specs made absolute, so `a.txt` and `/abs/a.txt` match.
+
+    Applied to both the stored and the new fingerprint when comparing (what is stored is unchanged,
+    so earlier preparations stay reusable). Hub names are left as they are.
+    """
+    out = dict(fingerprint)
+    for key in ("train_files", "val_files"):
+        specs = out.get(key)
+        if isinstance(specs, list):
+            out[key] = [s if not isinstance(s, str) or (_looks_like_hub_name(s) and not os.path.exists(s))
+                        else os.path.abspath(os.path.expanduser(s)) for s in specs]
+    return out
 
 
 def _not_replaceable(out_dir: Path) -> str | None:
@@ -111,7 +126,10 @@ def _reusable(out_dir: Path, inputs: dict, overwrite: bool) -> bool:
         old = json.loads(meta_path.read_text()).get("fingerprint_inputs", {})
     except (json.JSONDecodeError, AttributeError):
         old = None
-    if old == json.loads(json.dumps(inputs)):
+    if isinstance(old, dict):
+        old = _comparable(old)
+    inputs = _comparable(json.loads(json.dumps(inputs)))
+    if old == inputs:
         try:
             for split in json.loads(meta_path.read_text())["splits"]:
                 PackedTokens(out_dir, split)  # validates shard sizes and tokenizer checksum
@@ -124,7 +142,7 @@ def _reusable(out_dir: Path, inputs: dict, overwrite: bool) -> bool:
     _check_replaceable(out_dir)
     if overwrite:
         return False
-    changed = sorted(k for k in set(inputs) | set(old or {}) if (old or {}).get(k) != json.loads(json.dumps(inputs)).get(k))
+    changed = sorted(k for k in set(inputs) | set(old or {}) if (old or {}).get(k) != inputs.get(k))
     raise FileExistsError(f"{out_dir} holds data prepared with a different config or input (differs in: {changed}). {fix}")
 
 
@@ -208,8 +226,19 @@ def _publish(staging: Path, out_dir: Path, inputs: dict, overwrite: bool = True)
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_splits(cfg: DataConfig, cache_dir: Path):
-    """-> (train, val, streamed): datasets with a `text` column; val may be None."""
+def _load_splits(cfg: DataConfig, cache_dir: Path, skipped: dict | None = None):
+    """-> (train, val, streamed): datasets with a `text` column; val may be None.
+
+    `skipped` receives the rows dropped for missing/null text per source key (local files only).
+    """
+    skipped = {} if skipped is None else skipped
+
+    def local(files, what):
+        report: dict = {}
+        ds = load_local(files, cfg, str(cache_dir), what=what, report=report)
+        skipped[what] = report.get("rows_without_text", 0)
+        return ds
+
     if not cfg.train_files:
         full = load_embedded(cfg.corpus)
     else:
@@ -217,15 +246,15 @@ def _load_splits(cfg: DataConfig, cache_dir: Path):
         if hub:  # streamed: val is data.val_files when given, else split off by seeded hash (_write_stream)
             val = None
             if cfg.val_files:
-                val_files, _ = resolve_files(cfg.val_files, "data.val_files")
-                val = load_local(val_files, cfg, str(cache_dir))
+                val_files, _ = resolve_files(cfg.val_files, "data.val_files", allow_hub=False)
+                val = local(val_files, "data.val_files")
             return load_hub(hub, cfg), val, True
-        full = load_local(files, cfg, str(cache_dir))
+        full = local(files, "data.train_files")
     if cfg.max_documents is not None and len(full) > cfg.max_documents:
         full = full.select(range(cfg.max_documents))
     if cfg.val_files:
-        val_files, _ = resolve_files(cfg.val_files, "data.val_files")
-        return full, load_local(val_files, cfg, str(cache_dir)), False
+        val_files, _ = resolve_files(cfg.val_files, "data.val_files", allow_hub=False)
+        return full, local(val_files, "data.val_files"), False
     train_idx, val_idx = split_indices(len(full), cfg.val_fraction, cfg.seed)
     val = full.select(val_idx) if len(val_idx) else None
     return full.select(train_idx), val, False
@@ -314,7 +343,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
         datasets.disable_progress_bars()
     try:
         (staging / "cache").mkdir()
-        train, val, streamed = _load_splits(cfg, staging / "cache")
+        skipped: dict[str, int] = {}
+        train, val, streamed = _load_splits(cfg, staging / "cache", skipped)
         # a Hub stream with local data.val_files: the whole stream is train (no hash split of it)
         stream_cfg = replace(cfg, val_fraction=0.0) if (streamed and val is not None) else cfg
         tok_dir = staging / "tokenizer"
@@ -352,6 +382,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
             },
             "splits": splits,
             "sources": inputs["sources"],
+            "rows_without_text": skipped,  # rows dropped because their text was missing or null, per source key
             "config": to_dict(cfg),
             "fingerprint_inputs": inputs,
             "seconds": round(time.time() - t0, 2),
