@@ -44,6 +44,9 @@ class TaskSpec:
     """lm-evaluation-harness `doc_to_text` (None: no zero-shot protocol for this task)."""
     choices: tuple[str, ...] = ()
     """lm-evaluation-harness `doc_to_choice`, indexed by the Hub label id."""
+    label_names: tuple[str, ...] = ()
+    """The Hub's class names (`ClassLabel` names of nyu-mll/glue), indexed by label id; local
+    files may hold these strings instead of the ids."""
 
     @property
     def is_regression(self) -> bool:
@@ -77,12 +80,14 @@ TASKS: dict[str, TaskSpec] = {
         tsv_columns={"label": "1", "sentence": "3"},
         prompt=lambda d: f"{d['sentence']}\nQuestion: Does this sentence make sense?\nAnswer:",
         choices=("no", "yes"),
+        label_names=("unacceptable", "acceptable"),
     ),
     "sst2": TaskSpec(
         "sst2", "SST-2", ("sentence",), 2, ("accuracy",),
         tsv_columns={"sentence": "sentence", "label": "label"},
         prompt=lambda d: f"{d['sentence']}\nQuestion: Is this sentence positive or negative?\nAnswer:",
         choices=("negative", "positive"),
+        label_names=("negative", "positive"),
     ),
     "mrpc": TaskSpec(
         "mrpc", "MRPC", ("sentence1", "sentence2"), 2, ("accuracy", "f1"),
@@ -90,6 +95,7 @@ TASKS: dict[str, TaskSpec] = {
         prompt=lambda d: (f"Sentence 1: {d['sentence1']}\nSentence 2: {d['sentence2']}\n"
                           "Question: Do both sentences mean the same thing?\nAnswer:"),
         choices=("no", "yes"),
+        label_names=("not_equivalent", "equivalent"),
     ),
     "stsb": TaskSpec(
         "stsb", "STS-B", ("sentence1", "sentence2"), 1, ("pearson", "spearman"),
@@ -101,6 +107,7 @@ TASKS: dict[str, TaskSpec] = {
         prompt=lambda d: (f"Question 1: {d['question1']}\nQuestion 2: {d['question2']}\n"
                           "Question: Do both questions ask the same thing?\nAnswer:"),
         choices=("no", "yes"),
+        label_names=("not_duplicate", "duplicate"),
     ),
     "mnli": TaskSpec(
         "mnli", "MNLI", ("premise", "hypothesis"), 3, ("accuracy",),
@@ -109,6 +116,7 @@ TASKS: dict[str, TaskSpec] = {
         tsv_label_map={"entailment": 0, "neutral": 1, "contradiction": 2},
         prompt=_mnli_prompt,
         choices=("True", "Neither", "False"),
+        label_names=("entailment", "neutral", "contradiction"),
     ),
     "qnli": TaskSpec(
         "qnli", "QNLI", ("question", "sentence"), 2, ("accuracy",),
@@ -117,6 +125,7 @@ TASKS: dict[str, TaskSpec] = {
         prompt=lambda d: (f"{d['question']}\n{d['sentence']}\n"
                           "Question: Does this response answer the question?\nAnswer:"),
         choices=("yes", "no"),
+        label_names=("entailment", "not_entailment"),
     ),
     "rte": TaskSpec(
         "rte", "RTE", ("sentence1", "sentence2"), 2, ("accuracy",),
@@ -124,6 +133,7 @@ TASKS: dict[str, TaskSpec] = {
         tsv_label_map=_NLI,
         prompt=lambda d: f"{d['sentence1']}\nQuestion: {d['sentence2']} True or False?\nAnswer:",
         choices=("True", "False"),
+        label_names=("entailment", "not_entailment"),
     ),
     "wnli": TaskSpec(
         "wnli", "WNLI", ("sentence1", "sentence2"), 2, ("accuracy",),
@@ -131,6 +141,7 @@ TASKS: dict[str, TaskSpec] = {
         tsv_columns={"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"},
         prompt=lambda d: f"{d['sentence1']}\nQuestion: {d['sentence2']} True or False?\nAnswer:",
         choices=("False", "True"),
+        label_names=("not_entailment", "entailment"),
     ),
 }
 
