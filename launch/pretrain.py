@@ -11,7 +11,9 @@ Overrides are dotted `section.key=value` pairs (CLI > file > defaults). An exist
 resumed from its latest complete checkpoint (checkpoint.resume=auto); SIGTERM/SIGINT write a
 checkpoint and stop. Exit codes: 0 completed, 2 bad config (or a run_dir / checkpoint that cannot
 be used), 3 diverged, 4 interrupted by a signal (checkpoint written: rerun the same command to
-resume), so `pretrain.py ... && next-step` never goes on with an unfinished run.
+resume), so `pretrain.py ... && next-step` never goes on with an unfinished run. Under
+`accelerate launch` the launcher returns 1 for any non-zero worker code (the workers' codes and
+messages are in the log).
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ def _is_optional(tp) -> tuple[bool, Any]:
     return False, tp
 
 
+_YAML_BOOL_WORDS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert `value` (from YAML or a CLI string already YAML-parsed) to type `tp`."""
     optional, inner = _is_optional(tp)
@@ -54,6 +57,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads no / off / false (yes / on / true) as booleans
+            words = [c for c in choices if isinstance(c, str) and c.lower() in _YAML_BOOL_WORDS[value]]
+            if len(words) == 1:
+                value = words[0]
         if value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
         return value

@@ -46,8 +46,10 @@ class HyperConnection(nn.Module):
         if self.dynamic:
             self.norm_weight = nn.Parameter(torch.ones(C))
             self.dynamic_proj = nn.Parameter(torch.zeros(C, n + 2))  # [W_m | W_r | W_b], zero init
-            self.dynamic_alpha_scale = nn.Parameter(torch.zeros(()))  # s_a
-            self.dynamic_beta_scale = nn.Parameter(torch.zeros(()))  # s_b
+            # s_a, s_b: shape (1,), not 0-dim: DeepSpeed broadcasts parameters as byte views, which 0-dim tensors
+            # cannot give ("self.dim() cannot be 0 to view Float as Byte")
+            self.dynamic_alpha_scale = nn.Parameter(torch.zeros(1))
+            self.dynamic_beta_scale = nn.Parameter(torch.zeros(1))
         self.record_mixing = False
         self.last_mixing: torch.Tensor | None = None
 
@@ -63,10 +65,17 @@ class HyperConnection(nn.Module):
             values.update(
                 norm_weight=torch.ones(self.norm_weight.shape),
                 dynamic_proj=torch.zeros(self.dynamic_proj.shape),
-                dynamic_alpha_scale=torch.full((), self.init_scale),
-                dynamic_beta_scale=torch.full((), self.init_scale),
+                dynamic_alpha_scale=torch.full((1,), self.init_scale),
+                dynamic_beta_scale=torch.full((1,), self.init_scale),
             )
         return values
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("dynamic_alpha_scale", "dynamic_beta_scale"):  # checkpoints written with 0-dim scales
+            value = state_dict.get(prefix + name)
+            if value is not None and value.dim() == 0:
+                state_dict[prefix + name] = value.reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j], B (N, n), all fp32."""

@@ -86,7 +86,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, loader_s
     if _fault_hook is not None:
         _fault_hook(tmp)  # tests: die here, mid-write
     if accelerator.is_main_process:
-        payload = {**state, "step": step, "world_size": accelerator.num_processes, "loader_states": loader_states}
+        payload = {**state, "step": step, "world_size": accelerator.num_processes,
+                   "distributed_type": _strategy(accelerator), "loader_states": loader_states}
         (tmp / (STATE_FILE + ".tmp")).write_text(json.dumps(payload))
         (tmp / (STATE_FILE + ".tmp")).replace(tmp / STATE_FILE)
         if final.exists():  # a complete checkpoint of the same step (resumed run): replace it
@@ -104,9 +105,24 @@ def load_checkpoint(accelerator, ckpt: Path) -> dict:
     if state.get("world_size") != accelerator.num_processes:
         raise CheckpointError(
             f"{ckpt} was written by {state.get('world_size')} processes, this run has {accelerator.num_processes}: "
-            "exact data resume needs the same world size (or start a new run_dir / checkpoint.resume=none)")
+            "exact data resume needs the same world size; relaunch with that many processes, or start a new run_dir")
+    written, now = state.get("distributed_type"), _strategy(accelerator)
+    if written is not None and written != now:
+        raise CheckpointError(
+            f"{ckpt} was written under {written}, this run uses {now}: the model and optimizer state are laid out "
+            f"differently; relaunch with the {written} accelerate config, or export the weights "
+            "(launch/export_hf.py) and start a new run_dir from them")
     try:
         accelerator.load_state(str(ckpt))
     except Exception as err:  # truncated safetensors / optimizer files, a missing shard, ...
-        raise _damaged(ckpt, f"loading its model / optimizer state failed ({type(err).__name__}: {err})") from err
+        what = f"loading its model / optimizer state failed ({type(err).__name__}: {err})"
+        if written is None:  # written before the strategy was recorded
+            what += "; if it was written under another strategy (DDP / DeepSpeed / FSDP), relaunch with that one"
+        raise _damaged(ckpt, what) from err
     return state
+
+
+def _strategy(accelerator) -> str:
+    """How the state is laid out: DDP / single process share one layout, DeepSpeed and FSDP each their own."""
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    return kind if kind in ("DEEPSPEED", "FSDP") else "DDP / single process"

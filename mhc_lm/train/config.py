@@ -104,8 +104,9 @@ class TrainConfig:
     """torch.compile each decoder layer (applied from outside the model)."""
     eval_every: int = 100
     """Steps between validation losses (0 = only at the end)."""
-    eval_batches: int = 8
-    """Micro-batches per validation loss, over all processes (each reads eval_batches / world size)."""
+    eval_batches: int = 2
+    """Validation loss over eval_batches x batch_size sequences (global batches, split over processes and
+    micro-batches): the same windows, so the same val_loss, for any micro_batch_size and world size."""
     export_hf: bool = True
     """Write run_dir/hf (save_pretrained + tokenizer) at the end of the run."""
     cpu: bool = False

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+from mhc_lm.config_utils import ConfigError
 from mhc_lm.train.config import RunConfig
 
 
@@ -34,7 +35,7 @@ def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
         per_rank = cfg.train.batch_size // world_size if cfg.train.batch_size % world_size == 0 else 0
         fits = [m for m in range(cfg.train.micro_batch_size, 0, -1) if per_rank and per_rank % m == 0]
         hint = f"e.g. train.micro_batch_size={fits[0]}" if fits else f"make train.batch_size a multiple of {per_step}"
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not a multiple of train.micro_batch_size="
             f"{cfg.train.micro_batch_size} x {world_size} processes; {hint}")
     return cfg.train.batch_size // per_step
@@ -43,6 +44,9 @@ def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
 def build_accelerator(cfg: RunConfig) -> Accelerator:
     """Accelerator for this launch; gloo on CPU (see docs/training.md for the CPU caveats)."""
     cpu = cfg.train.cpu or not torch.cuda.is_available()
+    if cpu and cfg.train.mixed_precision == "fp16":  # Accelerate would silently run fp32 and record fp16
+        raise ConfigError("train.mixed_precision=fp16 needs CUDA: on CPU Accelerate runs in fp32; use bf16 (CPU "
+                          "autocast) or no")
     backend = cfg.train.dist_backend or ("gloo" if cpu else "nccl")
     accum = accumulation_steps(cfg, launched_world_size())
     kwargs = dict(
@@ -71,7 +75,7 @@ def configure_deepspeed(accelerator: Accelerator, cfg: RunConfig) -> None:
     """Fill the "auto" entries that Accelerate cannot infer without a prepared DataLoader."""
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     if ds.get("optimizer") or ds.get("scheduler"):
-        raise ValueError("the DeepSpeed JSON must not define optimizer/scheduler: the trainer owns them "
+        raise ConfigError("the DeepSpeed JSON must not define optimizer/scheduler: the trainer owns them "
                          "(AdamW without decay on mixing/norm/bias parameters, warmup + cosine/WSD)")
     ds["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
     ds["train_batch_size"] = cfg.train.batch_size

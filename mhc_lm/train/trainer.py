@@ -264,7 +264,10 @@ class Trainer:
         self.model.eval()
         total = torch.zeros((), device=self.accelerator.device)
         it = iter(self.data.make_val_loader())
-        per_rank = max(1, self.config.train.eval_batches // self.world_size)  # same windows for any world size
+        # eval_batches global batches = the first eval_batches x batch_size windows of the val order, whatever
+        # the micro-batch size and world size (each rank reads its micro-batches of them), so val_loss
+        # compares across launch layouts as the training losses do
+        per_rank = self.config.train.eval_batches * self.accumulation
         for _ in range(per_rank):
             batch = self._to_device(next(it))
             total += self.model(input_ids=batch["input_ids"], shift_labels=batch["labels"]).loss.float()

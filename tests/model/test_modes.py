@@ -222,3 +222,24 @@ def test_overfits_fixed_batch(mode):
         loss.backward()
         opt.step()
     assert loss.item() < 0.1 * first, (first, loss.item())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_zero_dim_parameters(mode):
+    # DeepSpeed broadcasts every parameter as a byte view at prepare(); a 0-dim tensor cannot give one
+    # ("self.dim() cannot be 0 to view Float as Byte"), which broke hc under ZeRO-1/2/3
+    model = build(mode, hc_dynamic=True)
+    assert all(p.dim() >= 1 for p in model.parameters()), [n for n, p in model.named_parameters() if p.dim() == 0]
+    for p in model.parameters():
+        p.data.view(torch.uint8)
+
+
+def test_hc_loads_checkpoints_with_zero_dim_scales():
+    model = build("hc", hc_dynamic=True)
+    state = model.state_dict()
+    old = {k: (v.reshape(()) if k.endswith(("dynamic_alpha_scale", "dynamic_beta_scale")) else v) for k, v in state.items()}
+    assert any(v.dim() == 0 for v in old.values())
+    fresh = build("hc", seed=1, hc_dynamic=True)
+    fresh.load_state_dict(old)
+    ids = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(fresh(ids).logits, model(ids).logits)

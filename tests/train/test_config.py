@@ -145,3 +145,22 @@ def test_pretrain_cli_exits_2_on_errors_found_after_start(tmp_path, capsys):
     assert code == 2
     assert "checkpoint.resume=" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_yaml_no_is_the_string_no_for_choice_fields():
+    # YAML 1.1 reads `no` as false; `train.mixed_precision=no` must still mean "no"
+    assert load_run_config(REPO / "configs/tiny_cpu.yaml", ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_run_config(REPO / "configs/tiny_cpu.yaml", ["train.mixed_precision=yes"])
+
+
+def test_fp16_on_cpu_and_batch_layout_errors_are_config_errors(monkeypatch):
+    from mhc_lm.train import distributed
+
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    cfg = load_run_config(REPO / "configs/tiny_cpu.yaml", ["train.mixed_precision=fp16"])
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        distributed.build_accelerator(cfg)
+    cfg = load_run_config(REPO / "configs/tiny_cpu.yaml", ["train.batch_size=6", "train.micro_batch_size=2"])
+    with pytest.raises(ConfigError, match="not a multiple of train.micro_batch_size=2 x 2 processes"):
+        distributed.accumulation_steps(cfg, world_size=2)

@@ -138,3 +138,20 @@ def test_sigterm_then_resume_is_bit_exact(tmp_path):
     assert "STATUS completed" in again.stdout
     assert series(run_dir) == series(ref_dir)
     assert series(run_dir, "val_loss") == series(ref_dir, "val_loss")
+
+
+def test_deepspeed_runs_hc_with_its_scalar_gates(tmp_path):
+    # hc's dynamic scales were 0-dim parameters, which DeepSpeed's parameter broadcast cannot view as
+    # bytes: prepare() failed for every ZeRO stage. Same losses as one process, as for mhc.
+    single = tmp_path / "single"
+    cfg = tiny_config(single, "hc", train={"max_steps": 4})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, data=toy_data(cfg)).fit()
+    finally:
+        torch.set_num_threads(threads)
+    stdout = launch("configs/accelerate/cpu_deepspeed_zero2_2proc.yaml", tmp_path / "ds", tmp_path,
+                    ["model.residual_mode=hc", "train.max_steps=4", "train.export_hf=false"])
+    assert "DEEPSPEED" in stdout
+    assert_same_losses(tmp_path / "ds", single)

@@ -63,3 +63,16 @@ def test_a_damaged_latest_checkpoint_names_itself_and_the_previous_one(tmp_path,
     latest.rename(tmp_path / "damaged")
     assert run(cfg) == "completed"
     assert json.loads((ckpt_lib.latest_checkpoint(run_dir) / ckpt_lib.STATE_FILE).read_text())["step"] == 12
+
+
+def test_a_checkpoint_of_another_strategy_is_named_as_such_not_as_damaged(tmp_path):
+    run_dir = tmp_path / "run"
+    run(tiny_config(run_dir, train={"max_steps": 4}, checkpoint={"every": 4}))
+    latest = ckpt_lib.latest_checkpoint(run_dir)
+    state = json.loads((latest / ckpt_lib.STATE_FILE).read_text())
+    assert state["distributed_type"] == "DDP / single process"
+    state["distributed_type"] = "DEEPSPEED"  # as a ZeRO run writes it
+    (latest / ckpt_lib.STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match=r"written under DEEPSPEED, this run uses DDP / single process") as err:
+        run(tiny_config(run_dir, train={"max_steps": 8}, checkpoint={"every": 4}))
+    assert "damaged" not in str(err.value)
