@@ -59,6 +59,8 @@ class Run:
     records: list[dict]
     metrics_config: dict = field(default_factory=dict)
     stability: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    diverged: str | None = None  # the run's DIVERGED note, if training diverged
 
     @property
     def last_step(self) -> int:
@@ -114,7 +116,8 @@ def load_run(path: Path) -> Run:
     stability = {}
     if (path / "stability.json").is_file():
         stability = json.loads((path / "stability.json").read_text()).get("metrics", {})
-    return Run(path, str(mode), seed, read_jsonl(metrics), cfg.get("metrics") or {}, stability)
+    diverged = (path / "DIVERGED").read_text().strip() or "diverged" if (path / "DIVERGED").is_file() else None
+    return Run(path, str(mode), seed, read_jsonl(metrics), cfg.get("metrics") or {}, stability, cfg, diverged)
 
 
 def check_distinct(run_dirs: list[Path]) -> None:
@@ -137,6 +140,39 @@ def warn_uneven_lengths(groups: dict[str, list[Run]]) -> None:
                           + ", ".join(f"{p}: step {s}" for p, s in ends)
                           + "); final values mix training lengths, curves cover only the steps all logged",
                           stacklevel=3)
+
+
+# settings that may differ between the seeds of one mode (the rest must match to average them)
+SEED_FREE = ("train.seed", "data.seed", "run_dir", "train.max_steps", "train.eval_every", "train.eval_batches",
+             "train.export_hf", "train.progress_bar", "checkpoint.", "logging.", "metrics.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def warn_mixed_settings(groups: dict[str, list[Run]]) -> None:
+    """Warn when the runs averaged as seeds of one mode differ in more than their seed (e.g. another
+    lr), and name every diverged run: its numbers are averaged with the others' like any seed."""
+    for mode, runs in groups.items():
+        flats = [_flat(r.config) for r in runs if r.config]
+        shared = set.intersection(*(set(f) for f in flats)) if flats else set()  # keys older configs lack: skipped
+        keys = sorted(k for k in shared if not k.startswith(SEED_FREE) and k != "model.residual_mode")
+        differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+        if differ:
+            shown = ", ".join(differ[:6]) + (", ..." if len(differ) > 6 else "")
+            warnings.warn(f"{mode}: the runs averaged as its seeds differ in more than the seed ({shown}); "
+                          "compare them as separate groups (one compare call per setting)", stacklevel=3)
+        for r in runs:
+            if r.diverged:
+                warnings.warn(f"{mode}: {r.path} diverged ({r.diverged[:200]}); it is averaged with the other seeds "
+                              "up to where it stopped", stacklevel=3)
 
 
 def group(runs: list[Run]) -> dict[str, list[Run]]:
@@ -215,7 +251,8 @@ def summarize(groups: dict[str, list[Run]], final_window: int = 10) -> dict[str,
     table = {}
     for mode, runs in groups.items():
         per_run = [summarize_run(r, final_window) for r in runs]
-        row: dict = {"runs": [str(r.path) for r in runs], "seeds": [r.seed for r in runs]}
+        row: dict = {"runs": [str(r.path) for r in runs], "seeds": [r.seed for r in runs],
+                     "diverged": [str(r.path) for r in runs if r.diverged]}
         for key in per_run[0]:
             vals = np.array([p[key] for p in per_run], dtype=np.float64)
             finite = vals[np.isfinite(vals)]
@@ -341,7 +378,8 @@ def write_reports(summary: dict, plots: list[Path], out: Path, runs: list[Run]) 
           "Amax is 1 by definition for standard and grid (identity residual / mean merges).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", "## Runs", ""] + [f"- `{r.path}`: {r.mode}, seed {r.seed}, {len(r.records)} log lines" for r in runs]
+    md += ["", "## Runs", ""] + [f"- `{r.path}`: {r.mode}, seed {r.seed}, {len(r.records)} log lines"
+                                 + (f", **diverged**: {r.diverged[:200]}" if r.diverged else "") for r in runs]
     md += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     _write_text(out / "report.md", "\n".join(md) + "\n")
 
@@ -382,6 +420,7 @@ def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool
     out.mkdir(parents=True, exist_ok=True)
     groups = group(runs)
     warn_uneven_lengths(groups)
+    warn_mixed_settings(groups)
     summary = summarize(groups, final_window)
     plots = make_plots(groups, out)
     write_reports(summary, plots, out, runs)

@@ -319,3 +319,18 @@ def test_final_window_one_is_the_last_loss(runs):
     losses = [json.loads(ln)["loss"] for ln in (root / "mhc_s0" / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(ln)]
     assert summary["mhc"]["final_train_loss"]["mean"] == losses[-1]
+
+
+def test_seeds_with_other_settings_and_diverged_runs_are_named(runs):
+    root, _ = runs
+    cfg = yaml.safe_load((root / "mhc_s1" / "config.yaml").read_text())
+    cfg["optim"] = {"lr": 0.5}  # not a seed of the same setting
+    (root / "mhc_s1" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (root / "std_s1" / "DIVERGED").write_text("non-finite loss at step 290; last good checkpoint step_200")
+    with pytest.warns(UserWarning) as caught:
+        summary = compare([root / "mhc_s0", root / "mhc_s1", root / "std_s0", root / "std_s1"], root / "r")
+    messages = [str(w.message) for w in caught]
+    assert any("mhc: the runs averaged as its seeds differ in more than the seed (optim.lr)" in m for m in messages)
+    assert any("std_s1 diverged (non-finite loss at step 290" in m for m in messages)
+    assert summary["standard"]["diverged"] == [str(root / "std_s1")] and summary["mhc"]["diverged"] == []
+    assert "**diverged**: non-finite loss at step 290" in (root / "r" / "report.md").read_text()
