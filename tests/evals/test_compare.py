@@ -323,9 +323,10 @@ def test_final_window_one_is_the_last_loss(runs):
 
 def test_seeds_with_other_settings_and_diverged_runs_are_named(runs):
     root, _ = runs
-    cfg = yaml.safe_load((root / "mhc_s1" / "config.yaml").read_text())
-    cfg["optim"] = {"lr": 0.5}  # not a seed of the same setting
-    (root / "mhc_s1" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for name, lr in (("mhc_s0", 1e-3), ("mhc_s1", 0.5)):  # not seeds of one setting
+        cfg = yaml.safe_load((root / name / "config.yaml").read_text())
+        cfg["optim"] = {"lr": lr}
+        (root / name / "config.yaml").write_text(yaml.safe_dump(cfg))
     (root / "std_s1" / "DIVERGED").write_text("non-finite loss at step 290; last good checkpoint step_200")
     with pytest.warns(UserWarning) as caught:
         summary = compare([root / "mhc_s0", root / "mhc_s1", root / "std_s0", root / "std_s1"], root / "r")
