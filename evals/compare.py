@@ -44,6 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mhc_lm.metrics.spikes import SpikeDetector  # noqa: E402
+from mhc_lm.config_utils import positive_int  # noqa: E402
 from mhc_lm.train.run_log import read_metrics  # noqa: E402
 
 MODE_ORDER = ("standard", "hc", "mhc", "grid")
@@ -434,17 +435,6 @@ def default_out(run_dirs: list[Path]) -> Path:
     if common in dirs:
         common = common.parent
     return common / "compare"
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

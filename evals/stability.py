@@ -27,6 +27,8 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
+from mhc_lm.config_utils import positive_int
+
 DEFAULT_EPS = (1e-4, 1e-5, 1e-6, 1e-7)
 
 
@@ -162,17 +164,6 @@ def write_json_atomic(path: Path, obj) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave the temporary file behind (e.g. `path` is a directory)
         raise
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ choices, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import enum
 import types
@@ -204,3 +205,14 @@ def save_config(cfg: Any, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     tmp.replace(path)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for CLI counts: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

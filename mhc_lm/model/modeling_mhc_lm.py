@@ -18,7 +18,6 @@ OLMo depth scaling), norms at 1, mixing parameters as their mode's paper prescri
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

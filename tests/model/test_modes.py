@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM
+from mhc_lm.model import MhcLmForCausalLM
 from mhc_lm.model.stream_ops import post_res_reference, pre_mix_reference
 
 from .helpers import MODES, tiny_config

@@ -16,14 +16,6 @@ from tests.train.helpers import tiny_config, toy_data
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cli():
     spec = importlib.util.spec_from_file_location("export_hf", REPO / "launch" / "export_hf.py")

@@ -4,20 +4,11 @@ error that names it and the checkpoint to fall back to."""
 import json
 
 import pytest
-import torch
 
 from mhc_lm.config_utils import ConfigError
 from mhc_lm.train import Trainer
 from mhc_lm.train import checkpoint as ckpt_lib
 from tests.train.helpers import tiny_config, toy_data
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(cfg):

@@ -15,14 +15,6 @@ from mhc_lm.train.run_log import read_metrics
 from tests.train.helpers import DieAt, Killed, tiny_config, toy_data
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(cfg, callbacks=None):
     trainer = Trainer(cfg, data=toy_data(cfg), callbacks=callbacks)
     return trainer, trainer.fit()

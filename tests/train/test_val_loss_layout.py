@@ -1,20 +1,11 @@
 """val_loss is measured on the same windows whatever the micro-batch size (and, by the same
 layout, the world size): train.eval_batches counts global batches."""
 
-import pytest
 import torch
 
 from mhc_lm.train import Trainer
 from mhc_lm.train.run_log import read_metrics
 from tests.train.helpers import tiny_config, toy_data
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def val_losses(run_dir, micro):
