@@ -4,21 +4,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from mhc_lm.metrics import MetricsConfig, StabilityCallback, build_callbacks
 from mhc_lm.config_utils import ConfigError
 from mhc_lm.train import Trainer
 from mhc_lm.train.run_log import read_metrics
-from tests.train.helpers import DieAt, Killed, tiny_config, toy_data
+from tests.train.helpers import DieAt, Killed, one_thread, tiny_config, toy_data
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def train(run_dir, mode, enabled, **train):

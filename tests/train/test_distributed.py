@@ -14,7 +14,7 @@ import torch
 from mhc_lm.config_utils import save_config
 from mhc_lm.train import Trainer
 from mhc_lm.train.run_log import read_metrics
-from tests.train.helpers import tiny_config, toy_data
+from tests.train.helpers import one_thread, tiny_config, toy_data
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_RUN = REPO / "tests" / "train" / "toy_run.py"
@@ -35,14 +35,10 @@ def reference(tmp_path_factory):
     """Single process, in-process, one thread: micro-batch 2 x accumulation 2 = global batch 4."""
     run_dir = tmp_path_factory.mktemp("single") / "run"
     cfg = tiny_config(run_dir, "mhc")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # module scope: set up before the per-test one-thread fixture
         trainer = Trainer(cfg, data=toy_data(cfg))
         assert trainer.accumulation == 2
         trainer.fit()
-    finally:
-        torch.set_num_threads(threads)
     return run_dir
 
 
@@ -145,12 +141,7 @@ def test_deepspeed_runs_hc_with_its_scalar_gates(tmp_path):
     # bytes: prepare() failed for every ZeRO stage. Same losses as one process, as for mhc.
     single = tmp_path / "single"
     cfg = tiny_config(single, "hc", train={"max_steps": 4})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        Trainer(cfg, data=toy_data(cfg)).fit()
-    finally:
-        torch.set_num_threads(threads)
+    Trainer(cfg, data=toy_data(cfg)).fit()  # one thread: tests/train/conftest.py
     stdout = launch("configs/accelerate/cpu_deepspeed_zero2_2proc.yaml", tmp_path / "ds", tmp_path,
                     ["model.residual_mode=hc", "train.max_steps=4", "train.export_hf=false"])
     assert "DEEPSPEED" in stdout

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from mhc_lm.train import BaseCallback, Trainer
 from mhc_lm.train.export import ExportTargetError, check_export_target, is_hf_export
-from tests.train.helpers import tiny_config, toy_data
+from tests.train.helpers import one_thread, tiny_config, toy_data
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,11 +26,9 @@ def cli():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A finished tiny run with its end-of-training export (run/hf, published at the top)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     cfg = tiny_config(tmp_path_factory.mktemp("runs") / "acopy", "mhc", train={"export_hf": True, "max_steps": 4})
-    Trainer(cfg, data=toy_data(cfg)).fit()
-    torch.set_num_threads(threads)
+    with one_thread():  # module scope: set up before the per-test one-thread fixture
+        Trainer(cfg, data=toy_data(cfg)).fit()
     return Path(cfg.run_dir)
 
 
