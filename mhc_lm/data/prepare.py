@@ -327,10 +327,10 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
     """Prepare tokenizer + shards in `cfg.out_dir` (reused when complete and matching); returns it."""
     out_dir = Path(cfg.out_dir).expanduser().absolute()
     inputs = _fingerprint_inputs(cfg)
-    if cfg.tokenizer and cfg.vocab_size is not None:
-        _check_tokenizer_vocab(cfg)
-    if _reusable(out_dir, inputs, cfg.overwrite):
+    if _reusable(out_dir, inputs, cfg.overwrite):  # the fingerprint holds tokenizer and vocab_size: checked then
         return out_dir
+    if cfg.tokenizer and cfg.vocab_size is not None:  # before reading any data, not on every reuse
+        _check_tokenizer_vocab(cfg)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out_dir)
     staging = _staging_name(out_dir)
