@@ -99,9 +99,10 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, loader_s
     return final
 
 
-def load_checkpoint(accelerator, ckpt: Path) -> dict:
-    """Collective: restores Accelerate state; returns the trainer state (with `loader_states`)."""
-    state = read_state(ckpt)
+def load_checkpoint(accelerator, ckpt: Path, state: dict | None = None) -> dict:
+    """Collective: restores Accelerate state; returns the trainer state (with `loader_states`).
+    `state`: the checkpoint's `read_state`, when the caller has read it already."""
+    state = read_state(ckpt) if state is None else state
     if state.get("world_size") != accelerator.num_processes:
         raise CheckpointError(
             f"{ckpt} was written by {state.get('world_size')} processes, this run has {accelerator.num_processes}: "

@@ -128,8 +128,6 @@ class Trainer:
                 self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
         acc.wait_for_everyone()
         if self.config.logging.trackers:
-            from mhc_lm.config_utils import to_dict
-
             flat = _flatten(to_dict(self.config))
             # a resumed run drops the TensorBoard events logged after its checkpoint, as metrics.jsonl does
             init_kwargs = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step else {}
@@ -192,7 +190,7 @@ class Trainer:
             print(f"[mhc-lm] train.max_steps {old['train']['max_steps']} -> {new['train']['max_steps']}: the LR "
                   "schedule follows the new length from the resumed step on", flush=True)
 
-    def _resume(self, path: Path | None) -> None:
+    def _resume(self, path: Path | None, state: dict | None = None) -> None:
         acc = self.accelerator
         diverged = self.run_dir / "DIVERGED"
         if acc.is_main_process and diverged.is_file():  # an earlier attempt diverged: this one retries
@@ -203,7 +201,7 @@ class Trainer:
             if acc.is_main_process:
                 self.writer.truncate_after(-1)  # a run that died before its first checkpoint: start the log over
             return
-        state = ckpt_lib.load_checkpoint(self.accelerator, path)
+        state = ckpt_lib.load_checkpoint(self.accelerator, path, state)
         self.step, self.tokens = state["step"], state["tokens"]
         self._last_saved_step = self.step
         loader_state = state["loader_states"][self.accelerator.process_index]
@@ -331,8 +329,9 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         resume_path = self._resume_path()
         self._check_previous_run(resume_path)
-        self._prepare_run_dir(ckpt_lib.read_state(resume_path)["step"] if resume_path is not None else 0)
-        self._resume(resume_path)
+        resume_state = ckpt_lib.read_state(resume_path) if resume_path is not None else None
+        self._prepare_run_dir(resume_state["step"] if resume_state is not None else 0)
+        self._resume(resume_path, resume_state)
         start_step = self.step
         previous = self._install_signal_handlers()
         for cb in self.callbacks:
