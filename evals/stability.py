@@ -62,7 +62,12 @@ def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size
     if not data_dir.is_dir():
         raise SystemExit(f"prepared data folder not found: {data_dir} (from {run_dir / 'config.yaml'} data.out_dir); "
                          "pass --data PREPARED_DIR or rerun the data preparation")
-    seq_len, source = resolve_seq_len(run_dir, seq_len)
+    if seq_len:
+        source = "--seq-len"
+    elif data_cfg.get("seq_len"):
+        seq_len, source = int(data_cfg["seq_len"]), f"data.seq_len of {run_dir / 'config.yaml'}"
+    else:
+        seq_len, source = 128, "the default window length"
     if max_seq_len is not None and seq_len > max_seq_len:
         where = f" ({Path(model_dir) / 'config.json'})" if model_dir else ""
         raise SystemExit(f"window length {seq_len} ({source}) exceeds the model's max_position_embeddings "
@@ -77,16 +82,6 @@ def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size
         loader = WindowLoader(PackedTokens(data_dir, split="train"), seq_len, batch_size, seed=12345)
     it = iter(loader)
     return [next(it) for _ in range(batches)], split
-
-
-def resolve_seq_len(run_dir: Path, seq_len: int | None) -> tuple[int, str]:
-    """(window length, where it comes from) as `probe_batches` uses it."""
-    if seq_len:
-        return int(seq_len), "--seq-len"
-    data_cfg = read_run_config(run_dir).get("data") or {}
-    if data_cfg.get("seq_len"):
-        return int(data_cfg["seq_len"]), f"data.seq_len of {run_dir / 'config.yaml'}"
-    return 128, "the default window length"
 
 
 def check_device(device: str) -> None:
