@@ -60,7 +60,7 @@ def _is_done(path: Path, settings: dict) -> bool:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return json.loads(json.dumps(old.get("settings"))) == json.loads(json.dumps(settings))
+    return old.get("settings") == json.loads(json.dumps(settings))  # settings as JSON stores them
 
 
 def run(args) -> str:

@@ -37,6 +37,7 @@ from .residual_grid import grid_forward
 from .residual_hc import HyperConnection
 from .residual_mhc import ManifoldHyperConnection
 from .residual_standard import StandardResidual
+from .stream_ops import rms_norm
 
 # transformers renamed the KV-cache argument and output field `past_key_values` -> `cache` in a
 # 5.x release (generate then passes `cache=`). Accept both names on input and write outputs
@@ -52,7 +53,7 @@ def _resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache 
 
 def _output_cache(outputs) -> Cache | None:
     return getattr(outputs, _CACHE_FIELD, None)
-from .stream_ops import rms_norm
+
 
 RESIDUAL_CLASSES = {
     "standard": StandardResidual,
