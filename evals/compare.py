@@ -44,7 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mhc_lm.metrics.spikes import SpikeDetector  # noqa: E402
-from mhc_lm.config_utils import positive_int  # noqa: E402
+from mhc_lm.config_utils import flatten_dict, positive_int  # noqa: E402
 from mhc_lm.train.run_log import read_metrics  # noqa: E402
 
 MODE_ORDER = ("standard", "hc", "mhc", "grid")
@@ -148,21 +148,11 @@ SEED_FREE = ("train.seed", "data.seed", "run_dir", "train.max_steps", "train.eva
              "train.export_hf", "train.progress_bar", "checkpoint.", "logging.", "metrics.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def warn_mixed_settings(groups: dict[str, list[Run]]) -> None:
     """Warn when the runs averaged as seeds of one mode differ in more than their seed (e.g. another
     lr), and name every diverged run: its numbers are averaged with the others' like any seed."""
     for mode, runs in groups.items():
-        flats = [_flat(r.config) for r in runs if r.config]
+        flats = [flatten_dict(r.config) for r in runs if r.config]
         shared = set.intersection(*(set(f) for f in flats)) if flats else set()  # keys older configs lack: skipped
         keys = sorted(k for k in shared if not k.startswith(SEED_FREE) and k != "model.residual_mode")
         differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]

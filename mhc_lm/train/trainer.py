@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from mhc_lm.config_utils import ConfigError, to_dict
+from mhc_lm.config_utils import ConfigError, flatten_dict, to_dict
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.callbacks import default_callbacks
 from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
@@ -128,7 +128,7 @@ class Trainer:
                 self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
         acc.wait_for_everyone()
         if self.config.logging.trackers:
-            flat = _flatten(to_dict(self.config))
+            flat = _tracker_config(to_dict(self.config))
             # a resumed run drops the TensorBoard events logged after its checkpoint, as metrics.jsonl does
             init_kwargs = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step else {}
             acc.init_trackers(self.config.logging.project, config=flat, init_kwargs=init_kwargs)
@@ -403,11 +403,6 @@ class Trainer:
             self._log({"step": self.step, "val_loss": val})
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def _tracker_config(tree: dict) -> dict:
+    """Dotted keys with scalar values, as trackers take a run's hyperparameters."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten_dict(tree).items()}
