@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    from mhc_lm.train.distributed import shutdown
+
     try:
         status = Trainer(config).fit()
     except TrainingDiverged as err:
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # found once the run starts: data, tokenizer, run_dir, checkpoint to resume
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    finally:
+        shutdown()
     if os.environ.get("RANK", "0") == "0":
         print(f"[mhc-lm] {status}: {config.run_dir}", flush=True)
     return EXIT_INTERRUPTED if status == "interrupted" else 0

@@ -71,6 +71,15 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
     return accelerator
 
 
+def shutdown() -> None:
+    """End of a launched process: destroy the process group before the interpreter exits. Left to
+    interpreter teardown, gloo / DeepSpeed threads may still run and abort the process after the
+    run completed ("terminate called without an active exception", SIGABRT), and the launcher then
+    reports the finished run as failed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def configure_deepspeed(accelerator: Accelerator, cfg: RunConfig) -> None:
     """Fill the "auto" entries that Accelerate cannot infer without a prepared DataLoader."""
     ds = accelerator.state.deepspeed_plugin.deepspeed_config

@@ -12,7 +12,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from mhc_lm.train import BaseCallback, Trainer, load_run_config  # noqa: E402
-from mhc_lm.train.distributed import build_accelerator  # noqa: E402
+from mhc_lm.train.distributed import build_accelerator, shutdown  # noqa: E402
 from tests.train.helpers import toy_data  # noqa: E402
 
 
@@ -29,6 +29,9 @@ if __name__ == "__main__":
     acc = build_accelerator(config)
     trainer = Trainer(config, data=toy_data(config, acc.process_index, acc.num_processes), accelerator=acc,
                       callbacks=[Sleep()])
-    status = trainer.fit()
+    try:
+        status = trainer.fit()
+    finally:
+        shutdown()
     if acc.is_main_process:
         print(f"STATUS {status} world_size={acc.num_processes} distributed_type={acc.distributed_type}", flush=True)
