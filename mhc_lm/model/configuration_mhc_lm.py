@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import PreTrainedConfig
 
 RESIDUAL_MODES = ("standard", "hc", "mhc", "grid")
 MHC_INITS = ("uniform", "identity")
 STREAM_COLLAPSES = ("mean",)
+MIXING_RECOMPUTES = ("none", "sublayer", "block")
+H_RES_MAPS = ("sinkhorn", "permutation", "kronecker", "orthostochastic", "orthogonal")
+PERMUTATION_MAX_STREAMS = 6
+"""`h_res_map: permutation` mixes n! permutation matrices: 720 at n = 6, 5040 at n = 7."""
+BLOCK_NORMS = ("pre", "post")
 AUTO_MAP = {
     "AutoConfig": "configuration_mhc_lm.MhcLmConfig",
     "AutoModel": "modeling_mhc_lm.MhcLmModel",
@@ -30,6 +37,13 @@ class MhcLmConfig(PreTrainedConfig):
     `mhc_init`: "uniform" (b = 0, H_res ~ 1/n, the Megatron/DeepSeek-V4 default) or
     "identity" (b_res = 6I - 3, b_pre = +3 on the layer's home stream, -3 elsewhere).
     `fused_kernels`: use the Triton kernels of `mhc_lm.kernels` on CUDA when importable.
+    `mixing_recompute` (hc/mhc): "none", "sublayer" (recompute each sub-layer's mixing in
+    backward from its stored stream input) or "block" (keep only the stream entering every
+    `mixing_recompute_layers`-th layer; None = the mHC paper's sqrt(n L / (n + 2))).
+    `h_res_map` (mhc): how the projection becomes H_res: "sinkhorn" (default), "permutation"
+    (mHC-lite), "kronecker" (KromHC), "orthostochastic" (go-mHC), "orthogonal" (JPmHC-like).
+    `block_norm` (standard/grid): "pre" (x + F(norm x)) or "post" (norm(x + F(x)), original
+    Transformer).
     """
 
     model_type = "mhc_lm"
@@ -58,6 +72,10 @@ class MhcLmConfig(PreTrainedConfig):
         hc_dynamic: bool = True,
         stream_collapse: str = "mean",
         fused_kernels: bool = False,
+        mixing_recompute: str = "none",
+        mixing_recompute_layers: int | None = None,
+        h_res_map: str = "sinkhorn",
+        block_norm: str = "pre",
         attention_dropout: float = 0.0,
         use_cache: bool = True,
         pad_token_id: int | None = 0,
@@ -86,6 +104,10 @@ class MhcLmConfig(PreTrainedConfig):
         self.hc_dynamic = hc_dynamic
         self.stream_collapse = stream_collapse
         self.fused_kernels = fused_kernels
+        self.mixing_recompute = mixing_recompute
+        self.mixing_recompute_layers = mixing_recompute_layers
+        self.h_res_map = h_res_map
+        self.block_norm = block_norm
         self.attention_dropout = attention_dropout
         self.use_cache = use_cache
         self.pad_token_id = pad_token_id
@@ -135,6 +157,50 @@ class MhcLmConfig(PreTrainedConfig):
             raise ValueError(f"mhc_init must be one of {list(MHC_INITS)}, got {self.mhc_init!r}")
         if self.stream_collapse not in STREAM_COLLAPSES:
             raise ValueError(f"stream_collapse must be one of {list(STREAM_COLLAPSES)}, got {self.stream_collapse!r}")
+        self._validate_variants()
+
+    def _validate_variants(self) -> None:
+        """mixing_recompute, h_res_map, block_norm: valid values, and only where they mean something."""
+        mode = self.residual_mode
+        if self.mixing_recompute not in MIXING_RECOMPUTES:
+            raise ValueError(f"mixing_recompute must be one of {list(MIXING_RECOMPUTES)}, got {self.mixing_recompute!r}")
+        if self.mixing_recompute != "none" and mode not in ("hc", "mhc"):
+            raise ValueError(f"mixing_recompute={self.mixing_recompute!r} applies to residual_mode hc or mhc only "
+                             f"(got {mode!r}, which has no stream mixing to recompute); use 'none'")
+        if self.mixing_recompute_layers is not None:
+            L_r = self.mixing_recompute_layers
+            if not isinstance(L_r, int) or isinstance(L_r, bool) or L_r < 1:
+                raise ValueError(f"mixing_recompute_layers must be a positive integer (or null for the paper's "
+                                 f"sqrt(n L / (n + 2))), got {L_r!r}")
+            if self.mixing_recompute != "block":
+                raise ValueError(f"mixing_recompute_layers={L_r} only applies to mixing_recompute='block' "
+                                 f"(got {self.mixing_recompute!r})")
+        if self.h_res_map not in H_RES_MAPS:
+            raise ValueError(f"h_res_map must be one of {list(H_RES_MAPS)}, got {self.h_res_map!r}")
+        if self.h_res_map != "sinkhorn" and mode != "mhc":
+            raise ValueError(f"h_res_map={self.h_res_map!r} applies to residual_mode 'mhc' only (got {mode!r})")
+        if mode == "mhc":
+            n = self.n_streams
+            if self.h_res_map == "permutation" and n > PERMUTATION_MAX_STREAMS:
+                raise ValueError(f"h_res_map='permutation' mixes n! permutation matrices; n_streams={n} gives "
+                                 f"{math.factorial(n)} (the limit is n_streams <= {PERMUTATION_MAX_STREAMS}); "
+                                 "use 'kronecker' or 'orthostochastic' for more streams")
+            if self.h_res_map == "kronecker" and (n < 2 or n & (n - 1)):
+                raise ValueError(f"h_res_map='kronecker' needs n_streams a power of 2 (2, 4, 8, 16, ...), got {n}")
+        if self.block_norm not in BLOCK_NORMS:
+            raise ValueError(f"block_norm must be one of {list(BLOCK_NORMS)}, got {self.block_norm!r}")
+        if self.block_norm == "post" and mode in ("hc", "mhc"):
+            raise ValueError(f"block_norm='post' is defined for residual_mode standard and grid, not {mode!r}: "
+                             "normalising after the stream mixing would rescale every stream and undo the gain "
+                             "bound that H_res is built for; use block_norm='pre'")
+
+    @property
+    def resolved_recompute_layers(self) -> int:
+        """L_r of mixing_recompute='block': the configured value, else round(sqrt(n L / (n + 2))) (mHC paper)."""
+        if self.mixing_recompute_layers is not None:
+            return self.mixing_recompute_layers
+        n, L = self.n_streams, self.num_hidden_layers
+        return max(1, min(L, round(math.sqrt(n * L / (n + 2)))))
 
     @property
     def streams(self) -> int:

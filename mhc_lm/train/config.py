@@ -74,6 +74,14 @@ class ModelSection:
     """How n streams are collapsed before the final norm."""
     fused_kernels: bool | None = None
     """Use the Triton kernels on CUDA when installed."""
+    mixing_recompute: Literal["none", "sublayer", "block"] | None = None
+    """hc/mhc: recompute the stream mixing in backward: none | sublayer | block."""
+    mixing_recompute_layers: int | None = None
+    """L_r of mixing_recompute=block; None = the mHC paper's sqrt(n L / (n + 2))."""
+    h_res_map: Literal["sinkhorn", "permutation", "kronecker", "orthostochastic", "orthogonal"] | None = None
+    """mhc: the map from the projection to H_res."""
+    block_norm: Literal["pre", "post"] | None = None
+    """standard/grid: pre-norm x + F(norm x) or post-norm norm(x + F(x))."""
     attention_dropout: float | None = None
     """Attention dropout probability."""
     pad_token_id: int | None = None
