@@ -140,7 +140,12 @@ class MhcLmMLP(nn.Module):
 
 
 class MhcLmDecoderLayer(GradientCheckpointingLayer):
-    """Block F (attention + MLP sub-layers, each pre-norm), each wrapped by the residual mode."""
+    """Block F (attention + MLP sub-layers), each wrapped by the residual mode.
+
+    block_norm "pre" (default, Llama): x + F(norm(x)) per sub-layer.
+    block_norm "post" (original Transformer; standard and grid only): norm(x + F(x)), the same
+    two norms applied after each residual sum instead of before each sub-layer, so the identity
+    path passes through every norm (Xiong et al. 2020: gradients shrink toward the input)."""
 
     def __init__(self, config: MhcLmConfig, layer_idx: int):
         super().__init__()
@@ -151,9 +156,14 @@ class MhcLmDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = MhcLmRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.attn_mixing = residual_cls(config, sublayer_idx=2 * layer_idx)
         self.mlp_mixing = residual_cls(config, sublayer_idx=2 * layer_idx + 1)
+        self.post_norm = config.block_norm == "post"
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
         # hidden_states: (B, T, C) for standard/grid, (B, T, n, C) for hc/mhc
+        if self.post_norm:  # (B, T, C): norm(x + F(x)), norm(x + MLP(x))
+            attend = lambda h: self.self_attn(h, position_embeddings, attention_mask, past_key_values)  # noqa: E731
+            hidden_states = self.input_layernorm(self.attn_mixing(hidden_states, attend))
+            return self.post_attention_layernorm(self.mlp_mixing(hidden_states, self.mlp))
         attend = lambda h: self.self_attn(self.input_layernorm(h), position_embeddings, attention_mask, past_key_values)  # noqa: E731
         hidden_states = self.attn_mixing(hidden_states, attend)
         hidden_states = self.mlp_mixing(hidden_states, lambda h: self.mlp(self.post_attention_layernorm(h)))

@@ -55,10 +55,11 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_roundtrip_in_fresh_process(mode, tmp_path):
+@pytest.mark.parametrize("mode, overrides", [*((m, {}) for m in MODES), ("grid", {"block_norm": "post"})],
+                         ids=[*MODES, "grid-post-norm"])
+def test_roundtrip_in_fresh_process(mode, overrides, tmp_path):
     torch.manual_seed(0)
-    model = MhcLmForCausalLM(tiny_config(mode)).eval()
+    model = MhcLmForCausalLM(tiny_config(mode, **overrides)).eval()
     with torch.no_grad():  # move off the init so the test sees real loading, not re-initialisation
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
