@@ -31,7 +31,11 @@ class DataConfig:
     num_proc: int = 2
     """Worker processes for tokenization."""
     seed: int = 0
-    """Seed for the validation split and the shuffle of windows."""
+    """Preparation seed: which documents are held out for validation, the tokenizer's training sample, and
+    which validation windows are evaluated. Not the training data order (see `order_seed`)."""
+    order_seed: int | None = None
+    """Seed of the training-window order; None = `train.seed`, so each replicate seed also sees its own
+    data order. Set it to fix the order across runs (e.g. to vary only the initialisation)."""
     corpus: str = "sotu"
     """Embedded corpus used when `train_files` is None (see `mhc_lm.data.corpus.EMBEDDED_CORPORA`)."""
     txt_sample_by: str = "document"
@@ -51,6 +55,10 @@ class DataConfig:
     overwrite: bool = False
     """Replace an earlier preparation in out_dir that does not match this config (otherwise an error); a folder
     with content prepare_data did not write is never replaced."""
+
+    def order_seed_for(self, train_seed: int) -> int:
+        """The seed of the training-window order of a run whose `train.seed` is `train_seed`."""
+        return train_seed if self.order_seed is None else self.order_seed
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:

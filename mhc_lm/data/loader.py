@@ -16,14 +16,24 @@ later batch, does not depend on how a step is split into micro-batches and ranks
 
 State is (epoch, next batch index); `load_state_dict` restores it, so a resumed run yields
 exactly the batches an uninterrupted run would have.
+
+The trainer seeds the training loader with `data.order_seed`, which defaults to `train.seed`
+(`DataConfig.order_seed_for`), so replicate seeds differ in data order as well as in
+initialisation; the validation loader keeps `data.seed + 1`, the same windows for every run.
+Checkpoints written before that change (state without "order_seed_rule") were seeded with
+`data.seed`: resuming one keeps its saved seed, with a note, so the run continues unchanged.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 
 from .shards import PackedTokens
+
+ORDER_SEED_RULE = 2  # state_dict marker: the loader seed is the run's data-order seed (data.order_seed / train.seed)
 
 
 class WindowLoader:
@@ -93,10 +103,18 @@ class WindowLoader:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed, "seq_len": self.seq_len,
                 "batch_size": self.batch_size, "world_size": self.world_size, "rank": self.rank,
-                "num_windows": self.num_windows, "shuffle": self.shuffle}
+                "num_windows": self.num_windows, "shuffle": self.shuffle, "order_seed_rule": ORDER_SEED_RULE}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at the saved position; the data and layout must be the ones it was saved with."""
+        """Resume at the saved position; the data and layout must be the ones it was saved with.
+
+        A state saved before the per-run data order (no "order_seed_rule") was seeded with data.seed: its
+        seed is adopted, so the resumed run keeps the order it started with."""
+        if "order_seed_rule" not in state and "seed" in state and state["seed"] != self.seed:
+            warnings.warn(f"resuming a checkpoint written before data.order_seed existed: keeping its data-order "
+                          f"seed {state['seed']} (data.seed) instead of {self.seed}, so the run continues unchanged",
+                          stacklevel=2)
+            self.seed, self._order_epoch, self._order = int(state["seed"]), None, None
         for key in ("seed", "seq_len", "batch_size", "world_size", "num_windows", "shuffle"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(

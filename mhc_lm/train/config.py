@@ -95,7 +95,8 @@ class ModelSection:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    """Seed of the model init and all RNGs."""
+    """Replicate seed: the model init, the python/numpy/torch RNGs (dropout) and, unless data.order_seed is
+    set, the training data order. Not the validation set or the tokenizer (data.seed)."""
     max_steps: int = 1000
     """Optimizer steps of the run."""
     batch_size: int = 32

@@ -39,7 +39,8 @@ def build_data(config, accelerator) -> DataBundle:
     train = PackedTokens(out_dir, split="train")
     seq_len = config.data.seq_len
     rank, world, micro = accelerator.process_index, accelerator.num_processes, config.train.micro_batch_size
-    loader = WindowLoader(train, seq_len, micro, rank=rank, world_size=world, seed=config.data.seed,
+    loader = WindowLoader(train, seq_len, micro, rank=rank, world_size=world,
+                          seed=config.data.order_seed_for(config.train.seed),  # replicates differ in order
                           step_windows=config.train.batch_size)  # epochs end on optimizer-step boundaries
     try:
         val = PackedTokens(out_dir, split="val")
