@@ -6,7 +6,10 @@
     python launch/sweep.py --config configs/depth_study.yaml --modes standard,grid --seeds 1 --out runs/depth_study
 
 Each run is `launch/pretrain.py --config CONFIG model.residual_mode=MODE train.seed=SEED
-run_dir=OUT/MODE_seedSEED [overrides...]`, run one after another (a finished run is reused, an
+run_dir=OUT/MODE_seedSEED [overrides...]`. The seed is a replicate: `train.seed` sets the model
+initialisation, the torch/numpy/python RNGs and the order of the training windows (unless the
+config sets `data.order_seed`, which the sweep then warns about); the prepared data, the tokenizer
+and the validation windows (`data.seed`) are the same for every run. Runs go one after another (a finished run is reused, an
 interrupted one resumed: pretrain.py resumes from run_dir). The data preparation is shared (same
 `data` section for every run). Afterwards `python evals/compare.py OUT/* --out OUT/report` (= `python -m evals.compare`).
 --print-only prints the commands (one per line, for a cluster scheduler) and the comparison
@@ -69,9 +72,13 @@ def check_config(config: str, overrides: list[str]) -> None:
         raise SystemExit(f"config error: {', '.join(taken)}: the sweep sets {', '.join(SET_BY_SWEEP)} per run "
                          "(use --modes, --seeds / --seed-offset and --out instead)")
     try:
-        load_run_config(config, ["model.residual_mode=standard", "train.seed=0", *overrides])
+        cfg = load_run_config(config, ["model.residual_mode=standard", "train.seed=0", *overrides])
     except (ConfigError, FileNotFoundError) as err:
         raise SystemExit(f"config error: {err}") from err
+    if cfg.data.order_seed is not None:
+        print(f"[sweep] warning: data.order_seed={cfg.data.order_seed} is set, so every seed trains on the same "
+              "data order and the seeds vary only the initialisation; unset it (data.order_seed=null) for "
+              "replicates that vary both", file=sys.stderr)
 
 
 def run_one(argv: list[str]) -> tuple[int, bool]:
@@ -99,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="run config YAML shared by every run")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated residual modes")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per mode (see --seed-offset)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="replicates per mode: train.seed = 0..N-1 (+ --seed-offset), each its own init and data "
+                             "order; >= 3 for a usable confidence interval")
     parser.add_argument("--seed-offset", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="sweep folder (default runs/sweep_<config stem>)")
     parser.add_argument("--launcher", default=None,

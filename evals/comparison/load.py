@@ -1,0 +1,181 @@
+"""Loading run directories for `evals.compare`: one `Run` per directory, grouped into comparison
+groups, with warnings for groups whose runs are not replicates of one setting."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import yaml
+
+from mhc_lm.config_utils import flatten_dict
+from mhc_lm.train.run_log import read_metrics
+
+MODE_ORDER = ("standard", "hc", "mhc", "grid")
+DEFAULT_H_RES_MAP = "sinkhorn"  # mhc's default H_res map: left out of the group label
+
+
+@dataclass
+class Run:
+    path: Path
+    mode: str
+    seed: int
+    records: list[dict]
+    metrics_config: dict = field(default_factory=dict)
+    stability: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    diverged: str | None = None  # the run's DIVERGED note, if training diverged
+    group: str = ""  # comparison group label (group_label), set by load_run
+
+    @property
+    def last_step(self) -> int:
+        return max(int(r["step"]) for r in self.records)
+
+    def setting(self, dotted: str, default=None):
+        """A dotted key of the run's config.yaml (e.g. "train.max_steps"), else `default`."""
+        node = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def series(self, key: str, train_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of the numeric entries `key`, last value per step."""
+        by_step = {}
+        for r in self.records:
+            v = r.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (not train_only or "loss" in r):
+                by_step[int(r["step"])] = float(v)
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a metrics.jsonl; an unreadable line is skipped with a warning naming it, a file
+    without any record (a JSON object with a "step") is an error (SystemExit naming it)."""
+    bad_lines: list[tuple[int, str]] = []
+    records = [rec for rec in read_metrics(path, on_bad=lambda i, line: bad_lines.append((i, line)))
+               if "step" in rec]
+    if not records:
+        if bad_lines:
+            i, line = bad_lines[0]
+            detail = (f"{len(bad_lines)} unreadable line(s), the first is line {i}: "
+                      f"{line[:40] + ('...' if len(line) > 40 else '')!r}")
+        else:
+            detail = "no JSON object with a \"step\" in it"
+        raise SystemExit(f"{path}: no readable metrics records ({detail}); is it the metrics.jsonl of a "
+                         "training run?")
+    for i, _ in bad_lines:
+        warnings.warn(f"{path}:{i}: not a JSON object, skipped (a line cut by a crash?)", stacklevel=3)
+    return records
+
+
+def group_label(run: Run, extra_keys: Sequence[str] = ()) -> str:
+    """The comparison group of a run: its residual mode, its H_res map when not the default
+    (`mhc[kronecker]`), and `key=value` of each of `extra_keys` (`--group-by optim.lr`)."""
+    label = run.mode
+    h_res_map = run.setting("model.h_res_map")
+    if run.mode == "mhc" and h_res_map not in (None, DEFAULT_H_RES_MAP):
+        label += f"[{h_res_map}]"
+    for key in extra_keys:
+        label += f" {key.rsplit('.', 1)[-1]}={run.setting(key)}"
+    return label
+
+
+def load_run(path: Path, label: Callable[[Run], str] = group_label) -> Run:
+    path = Path(path)
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise SystemExit(f"{path}: no metrics.jsonl; pass run directories written by launch/pretrain.py")
+    cfg = {}
+    if (path / "config.yaml").is_file():
+        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    mode = (cfg.get("model") or {}).get("residual_mode")
+    if mode is None and (path / "hf" / "config.json").is_file():
+        mode = json.loads((path / "hf" / "config.json").read_text()).get("residual_mode")
+    if mode is None:
+        raise SystemExit(f"{path}: residual mode unknown (no model.residual_mode in config.yaml and no "
+                         "hf/config.json); is this a run directory?")
+    seed = int((cfg.get("train") or {}).get("seed") or 0)
+    stability = {}
+    if (path / "stability.json").is_file():
+        stability = json.loads((path / "stability.json").read_text()).get("metrics", {})
+    diverged = (path / "DIVERGED").read_text().strip() or "diverged" if (path / "DIVERGED").is_file() else None
+    run = Run(path, str(mode), seed, read_jsonl(metrics), cfg.get("metrics") or {}, stability, cfg, diverged)
+    run.group = label(run)
+    return run
+
+
+def check_distinct(run_dirs: list[Path]) -> None:
+    """Refuse a run directory given twice (after resolving `.`, `..` and symlinks): it would count as two seeds."""
+    seen: dict[Path, Path] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            same = f"{d}" if str(seen[key]) == str(d) else f"{seen[key]} and {d} (both {key})"
+            raise SystemExit(f"run directory given twice: {same}; each run counts as one seed, pass it once")
+        seen[key] = Path(d)
+
+
+def group(runs: list[Run]) -> dict[str, list[Run]]:
+    """{group label: runs} in mode order (standard, hc, mhc, grid, others), seeds ascending."""
+    order = {m: i for i, m in enumerate(MODE_ORDER)}
+    groups: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: (order.get(r.mode, 99), r.group, r.seed)):
+        groups.setdefault(run.group, []).append(run)
+    return groups
+
+
+def warn_uneven_lengths(groups: dict[str, list[Run]]) -> None:
+    """Warn when the runs averaged as seeds of one group end at different steps."""
+    for name, runs in groups.items():
+        ends = [(r.path, r.last_step) for r in runs]
+        if len({s for _, s in ends}) > 1:
+            warnings.warn(f"{name}: the runs averaged as its seeds end at different steps ("
+                          + ", ".join(f"{p}: step {s}" for p, s in ends)
+                          + "); final values mix training lengths, curves cover only the steps all logged",
+                          stacklevel=3)
+
+
+# settings that may differ between the seeds of one group (the rest must match to average them).
+# data.seed is not among them: it picks the validation set, which must be the same to compare runs.
+SEED_FREE = ("train.seed", "data.order_seed", "run_dir", "train.max_steps", "train.eval_every", "train.export_hf",
+             "train.progress_bar", "checkpoint.", "logging.", "metrics.", "data.num_proc", "data.overwrite")
+# data settings that change the validation tokens: they must agree across every run compared
+VALIDATION_KEYS = ("data.train_files", "data.val_files", "data.corpus", "data.val_fraction", "data.seed",
+                   "data.tokenizer", "data.vocab_size", "data.seq_len", "data.max_documents", "data.text_column",
+                   "data.txt_sample_by", "train.eval_batches", "train.batch_size")
+
+
+def _differing(runs: list[Run], keys) -> list[str]:
+    flats = [flatten_dict(r.config) for r in runs if r.config]
+    shared = set.intersection(*(set(f) for f in flats)) if flats else set()  # keys older configs lack: skipped
+    return [k for k in sorted(shared) if keys(k) and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def warn_mixed_settings(groups: dict[str, list[Run]], group_keys: Sequence[str] = ()) -> None:
+    """Warn when the runs averaged as seeds of one group differ in more than their seed (e.g. another
+    lr), when runs of different groups were validated on different tokens, and name every diverged
+    run (its losses are left out of the loss statistics; its spike and Amax values count)."""
+    fixed = {"model.residual_mode", "model.h_res_map", *group_keys}
+    for name, runs in groups.items():
+        differ = _differing(runs, lambda k: not k.startswith(SEED_FREE) and k not in fixed)
+        if differ:
+            shown = ", ".join(differ[:6]) + (", ..." if len(differ) > 6 else "")
+            warnings.warn(f"{name}: the runs averaged as its seeds differ in more than the seed ({shown}); "
+                          "compare them as separate groups (--group-by KEY, or one compare call per setting)",
+                          stacklevel=3)
+        for r in runs:
+            if r.diverged:
+                warnings.warn(f"{name}: {r.path} diverged ({r.diverged[:200]}); its final losses are left out of "
+                              "the loss statistics, its spike and Amax values are kept", stacklevel=3)
+    every = [r for runs in groups.values() for r in runs]
+    differ = _differing(every, lambda k: k in VALIDATION_KEYS)
+    if differ:
+        warnings.warn(f"the runs were not validated on the same tokens (they differ in {', '.join(differ)}): "
+                      "their val losses are not comparable", stacklevel=3)
