@@ -24,7 +24,7 @@ from ..train.run_log import iter_jsonl
 from .config import MetricsConfig
 from .probe import eval_mode, probe_model
 from .spikes import SpikeDetector, VolatilityTracker
-from .update import snapshot, update_ratios
+from .update import NOT_MANAGED, snapshot, update_ratios
 
 SPIKE_SERIES = ("loss", "grad_norm")
 
@@ -158,10 +158,14 @@ class ProbeCallback:
         acc = trainer.accelerator
         reduce = (lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None
         model = trainer.unwrapped_model
+        # FSDP: outside its forward the root unit's parameters (embedding, final norm) are flat 1-D
+        # shards, so the forward goes through the wrapped model, which gathers every unit in turn.
+        # (ZeRO-3 gathers through hooks on the modules themselves: the unwrapped model works.)
+        forward = trainer.model if _partitioned(trainer) == "FSDP" else None
         with eval_mode(model), acc.autocast():
             metrics = probe_model(model, trainer.probe_batch, eps=self.config.vanished_eps,
                                   exclude=self.config.vanished_exclude, amax=self.config.probe_amax,
-                                  gradients=self.gradients, reduce_counts=reduce)
+                                  gradients=self.gradients, reduce_counts=reduce, forward_model=forward)
         return metrics
 
     def on_train_end(self, trainer) -> None:
@@ -181,25 +185,47 @@ class UpdateRatioCallback:
         self.probe = probe
         self.before: dict | None = None
         self.enabled = True
+        self.master = None  # parameter -> fp32 master (piece) to measure; None: the parameter itself
+        self.reduce = None
 
     def on_train_begin(self, trainer) -> None:
         if _partitioned(trainer):
             self.enabled = False
             return
+        self.master, self.reduce = _fp32_masters(trainer.accelerator)
         self._maybe_snapshot(trainer, getattr(trainer, "step", 0))
 
     def _maybe_snapshot(self, trainer, step: int) -> None:
-        self.before = snapshot(trainer.unwrapped_model) if self.probe.due(trainer, step + 1) else None
+        due = self.probe.due(trainer, step + 1)
+        self.before = snapshot(trainer.unwrapped_model, self.master) if due else None
 
     def on_step_end(self, trainer, step: int, logs: dict) -> None:
         if not self.enabled:
             return
         if self.before is not None and self.probe.due(trainer, step):
-            logs.update(update_ratios(self.before, trainer.unwrapped_model))
+            logs.update(update_ratios(self.before, trainer.unwrapped_model, self.master, self.reduce))
         self._maybe_snapshot(trainer, step)
 
     def on_train_end(self, trainer) -> None:
         self.before = None
+
+
+def _fp32_masters(acc):
+    """(master, reduce) for `update_ratios`: under DeepSpeed the fp32 masters are pieces held by
+    the optimizer on each rank (the module holds bf16 copies when bf16 is on), summed over ranks."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return None, None
+    from mhc_lm.train.ds_checkpoint import NOT_DEEPSPEED, local_fp32_master
+
+    def master(p):
+        m = local_fp32_master(p)
+        if m is NOT_DEEPSPEED:  # a replicated parameter: counted once (main process) in the sum over ranks
+            return NOT_MANAGED if acc.is_main_process else None
+        return m
+
+    return master, ((lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None)
 
 
 def build_callbacks(config, trainer) -> list:

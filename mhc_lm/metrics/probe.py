@@ -7,8 +7,14 @@ One forward (with mixing matrices recorded and each decoder layer's output captu
 forward hook) and one backward via `torch.autograd.grad`, which returns gradients without
 writing `.grad`: the training gradients and the optimizer are untouched, and DDP's
 gradient-reduction hooks (which sit on `.grad` accumulation) never fire. Run it on the
-unwrapped model (`trainer.unwrapped_model`). Under DeepSpeed ZeRO-3 or FSDP the parameters are
-partitioned and this view is not the full model: the callback skips the gradient part there.
+unwrapped model (`trainer.unwrapped_model`); under FSDP pass the wrapped model as
+`forward_model` (outside FSDP's forward the root unit's parameters are flat 1-D shards). Under
+DeepSpeed ZeRO-3 or FSDP the parameters are partitioned and this view is not the full model: the
+callback skips the gradient part there.
+
+Memory: the probe keeps the model's activation checkpointing on (Hugging Face checkpoints a
+layer only in training mode, and the probe runs in eval mode), so its forward + backward hold no
+more activations than a training micro-batch of the same shape.
 
 Names (see docs/stability.md):
     amax/{fwd,bwd}/layer_XX, amax/{fwd,bwd}/composite[_max], amax/inf_norm/composite
@@ -55,12 +61,15 @@ def probe_model(
     amax: bool = True,
     gradients: bool = True,
     reduce_counts=None,
+    forward_model: nn.Module | None = None,
 ) -> dict[str, float]:
     """Probe metrics of `model` (an MhcLmForCausalLM) on batch {"input_ids", "labels"} (B, T).
 
     labels are next-token targets (already shifted, as WindowLoader yields them).
     reduce_counts: optional callable summing a tensor over ranks (vanished counts of every
     rank's probe batch are then pooled); it must be called on every rank.
+    forward_model: what to call for the forward (default `model`), e.g. the FSDP-wrapped model;
+    hooks and parameters are still read from `model`.
     """
     inner = base_model(model)
     mixers = list(inner.mixing_modules()) if (amax and hasattr(inner, "mixing_modules")) else []
@@ -77,8 +86,9 @@ def probe_model(
     metrics: dict[str, float] = {}
     try:
         grad_ctx = torch.enable_grad() if gradients else torch.no_grad()
-        with grad_ctx:
-            loss = model(input_ids=batch["input_ids"], shift_labels=batch["labels"], use_cache=False).loss
+        with grad_ctx, checkpointing_kept_on(model if gradients else None):
+            loss = (forward_model or model)(input_ids=batch["input_ids"], shift_labels=batch["labels"],
+                                            use_cache=False).loss
         mats = [m.last_mixing for m in mixers]
     finally:
         for h in handles:
@@ -127,6 +137,28 @@ def probe_model(
         values = torch.stack([metrics[k].reshape(()).float() for k in keys]).cpu().tolist()
         metrics.update(zip(keys, values))
     return metrics
+
+
+@contextlib.contextmanager
+def checkpointing_kept_on(model: nn.Module | None):
+    """Layers with activation checkpointing enabled checkpoint even in eval mode.
+
+    transformers' GradientCheckpointingLayer checkpoints only when the layer's own `training`
+    flag is set; that one flag is set on those layers (not on their children, so attention
+    dropout stays off), and restored after."""
+    layers = []
+    if model is not None:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)
+                  and m.gradient_checkpointing and not m.training]
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.training = False
 
 
 @contextlib.contextmanager

@@ -231,16 +231,41 @@ def export_from_trainer(trainer) -> Path | None:
     ckpt = checkpoint_dir(trainer.run_dir, trainer.step)
     if acc.distributed_type == DistributedType.DEEPSPEED and getattr(trainer, "_last_saved_step", -1) == trainer.step:
         acc.wait_for_everyone()
-        out = export_run_dir(trainer.run_dir, checkpoint=ckpt) if acc.is_main_process else None
-        acc.wait_for_everyone()
-        return out
+        return on_main_process(acc, lambda: export_run_dir(trainer.run_dir, checkpoint=ckpt), "export")
     state_dict = acc.get_state_dict(trainer.model)
-    out = None
-    if acc.is_main_process:
+
+    def write():
         out = save_hf_folder(trainer.unwrapped_model, Path(trainer.run_dir) / "hf",
                              trainer.data.tokenizer, state_dict=state_dict, run_dir=trainer.run_dir)
         publish_in_run_dir(trainer.run_dir, out)
-    acc.wait_for_everyone()
+        return out
+
+    return on_main_process(acc, write, "export")
+
+
+class MainProcessError(RuntimeError):
+    """Raised on every rank when a step run by the main process alone failed there."""
+
+
+def on_main_process(acc, fn, what: str):
+    """`fn()` on the main process only; every rank then learns whether it failed (one small
+    broadcast instead of a barrier), so the other ranks raise too instead of waiting in a barrier
+    until the collective timeout (NCCL: 30 min) when the main process raised."""
+    from accelerate.utils import broadcast_object_list
+
+    out, error = None, None
+    if acc.is_main_process:
+        try:
+            out = fn()
+        except Exception as err:  # re-raised below, after the other ranks were told
+            error = err
+    if acc.num_processes > 1:
+        message = [f"{type(error).__name__}: {error}" if error is not None else None]
+        message = broadcast_object_list(message, from_process=0)[0]
+        if message is not None and error is None:
+            raise MainProcessError(f"{what} failed on the main process: {message}")
+    if error is not None:
+        raise error
     return out
 
 
@@ -269,10 +294,10 @@ def load_checkpoint_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     pt = ckpt / "pytorch_model.bin"
     if pt.is_file():
         return torch.load(pt, map_location="cpu", weights_only=True)
-    if (ckpt / "pytorch_model").is_dir():  # DeepSpeed ZeRO shards (accelerate uses tag "pytorch_model")
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    if (ckpt / "pytorch_model").is_dir():  # DeepSpeed (accelerate uses tag "pytorch_model"): fp32 masters
+        from mhc_lm.train.ds_checkpoint import zero_fp32_state_dict
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="pytorch_model")
+        return zero_fp32_state_dict(ckpt, tag="pytorch_model")
     full = ckpt / "pytorch_model_fsdp.bin"  # FSDP, FULL_STATE_DICT
     if full.is_file():
         return torch.load(full, map_location="cpu", weights_only=True)

@@ -1,0 +1,103 @@
+"""fp32 master weights of DeepSpeed runs: from a checkpoint (export) and from a live engine
+(update ratio).
+
+Under `"bf16": {"enabled": true}` the engine's module holds bf16 copies; the fp32 masters live in
+the optimizer, partitioned over the data-parallel ranks. Two checkpoint layouts exist:
+
+    zero_pp_rank_R_mp_rank_00_optim_states.pt        ZeRO-1/2/3 optimizer (any precision except
+                                                     bf16 at stage 1, or stage 0)
+    bf16_zero_pp_rank_R_mp_rank_00_optim_states.pt   BF16_Optimizer: DeepSpeed picks it for bf16 with
+                                                     ZeRO stage 0/1 (and fp32 gradient accumulation)
+
+DeepSpeed's `zero_to_fp32` reads only the first ("... is not a zero checkpoint" for the second),
+so the second is read here. Its layout (deepspeed/runtime/bf16_optimizer.py): per parameter group,
+the trainable parameters are flattened in order into one vector, padded at the end to a multiple
+of the world size, and split into equal partitions; rank R saves partition R in fp32
+(`single_partition_of_fp32_groups`). Concatenating the ranks' partitions and slicing in the order
+of `param_shapes` (mp_rank_00_model_states.pt) gives every parameter back.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+_BF16_OPTIM = re.compile(r"^bf16_zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+
+
+def _bf16_optimizer_files(ds_dir: Path) -> list[Path]:
+    found = sorted((int(m.group(1)), p) for p in ds_dir.iterdir() if (m := _BF16_OPTIM.match(p.name)))
+    ranks = [r for r, _ in found]
+    if ranks != list(range(len(ranks))):
+        raise FileNotFoundError(f"{ds_dir}: bf16 optimizer shards of ranks {ranks}: some ranks' files are missing")
+    return [p for _, p in found]
+
+
+def bf16_optimizer_fp32_state_dict(ds_dir: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 state dict of a DeepSpeed BF16_Optimizer checkpoint folder (e.g. `ckpt/pytorch_model`)."""
+    ds_dir = Path(ds_dir)
+    files = _bf16_optimizer_files(ds_dir)
+    model_state = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    shards = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
+    groups_shapes = model_state["param_shapes"]  # list (per group) of {name: shape}, in flattening order
+    out: dict[str, torch.Tensor] = {}
+    for g, shapes in enumerate(groups_shapes):
+        parts = [s["single_partition_of_fp32_groups"][g].float() for s in shards]
+        if len({p.numel() for p in parts}) != 1:
+            raise ValueError(f"{ds_dir}: group {g}: the ranks' fp32 partitions differ in size")
+        flat = torch.cat(parts)  # (padded group numel,)
+        need = sum(int(torch.Size(s).numel()) for s in shapes.values())
+        padding = flat.numel() - need
+        if padding < 0 or padding != sum(int(s["group_paddings"][g]) for s in shards):
+            raise ValueError(f"{ds_dir}: group {g} holds {flat.numel()} fp32 values for {need} parameter values "
+                             f"(+ padding {[s['group_paddings'][g] for s in shards]}): not the layout this reader knows")
+        offset = 0
+        for name, shape in shapes.items():
+            n = int(torch.Size(shape).numel())
+            out[name] = flat[offset:offset + n].view(shape).clone()
+            offset += n
+    module = model_state.get("module") or {}
+    for name in model_state.get("buffer_names") or []:
+        if name in module:
+            out[name] = module[name]
+    for name, value in (model_state.get("frozen_param_fragments") or {}).items():
+        out.setdefault(name, value)
+    for alias, source in (model_state.get("shared_params") or {}).items():
+        if source in out:
+            out[alias] = out[source]
+    return out
+
+
+def zero_fp32_state_dict(ckpt: Path, tag: str = "pytorch_model") -> dict[str, torch.Tensor]:
+    """Full fp32 state dict of an `accelerator.save_state` checkpoint written under DeepSpeed, from
+    the optimizer's fp32 masters, whatever the ZeRO stage and optimizer layout."""
+    ds_dir = Path(ckpt) / tag
+    if any(_BF16_OPTIM.match(p.name) for p in ds_dir.iterdir()):
+        return bf16_optimizer_fp32_state_dict(ds_dir)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+
+
+_NOT_DEEPSPEED = object()
+
+
+def local_fp32_master(param: torch.nn.Parameter):
+    """This rank's piece of the fp32 master of a DeepSpeed-managed parameter (1-D fragment), None
+    if this rank holds none of it, or `NOT_DEEPSPEED` for a parameter DeepSpeed does not manage.
+
+    ZeRO-3 partitions (`ds_id`) and ZeRO-1/2 / BF16_Optimizer fragments (`_hp_mapping`) are
+    disjoint across ranks, so sums over them, all-reduced, are sums over the whole parameter."""
+    if hasattr(param, "ds_id"):
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        return safe_get_local_fp32_param(param)
+    if hasattr(param, "_hp_mapping"):
+        mapping = param._hp_mapping
+        return None if mapping is None else mapping.get_hp_fragment()
+    return _NOT_DEEPSPEED
+
+
+NOT_DEEPSPEED = _NOT_DEEPSPEED
