@@ -158,7 +158,10 @@ def _read_group(fmt: str, group: list[str], cfg: DataConfig, cache_dir: str | No
     column = "text" if fmt == "text" else cfg.text_column
     where = f"{_listed(group)}: column {column!r}"
     try:
-        ds = datasets.load_dataset(fmt, data_files=group, split="train", cache_dir=cache_dir, **kwargs)
+        # datasets labels its file loop "Downloading data" even for local files (shown from 16 files on)
+        local = datasets.DownloadConfig(download_desc=f"reading local {fmt} files")
+        ds = datasets.load_dataset(fmt, data_files=group, split="train", cache_dir=cache_dir, download_config=local,
+                                   **kwargs)
         if column not in ds.column_names:
             raise SourceError(
                 f"{group[0]}{' (and others)' if len(group) > 1 else ''}: no column {column!r}; "

@@ -20,6 +20,7 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from mhc_lm.config_utils import ConfigError, from_dict, load_config, save_config, to_dict
+from mhc_lm.train import quiet  # noqa: F401  (filters DeepSpeed's CPU "unable to detect" warning at its source)
 from mhc_lm.data.config import DataConfig
 from mhc_lm.metrics.config import MetricsConfig
 
@@ -171,7 +172,7 @@ class LoggingConfig:
     peak_tflops: float | None = None
     """Peak dense TFLOP/s of one device for MFU; None = a known GPU's bf16 peak, else no MFU."""
     progress_bar: bool = True
-    """tqdm bar on the main process."""
+    """tqdm bar on the main process when stderr is a terminal (none in a log file: metrics.jsonl has every step)."""
 
 
 @dataclass

@@ -339,7 +339,8 @@ class Trainer:
         self.model.train()
         batches = iter(self.data.train_loader)
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=f"train {self.unwrapped_model.config.residual_mode}",
-                   disable=not (acc.is_main_process and cfg.logging.progress_bar), dynamic_ncols=True)
+                   disable=None if (acc.is_main_process and cfg.logging.progress_bar) else True,  # None: off in logs
+                   dynamic_ncols=True)
         status = "completed"
         try:
             while self.step < cfg.train.max_steps:
