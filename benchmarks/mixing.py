@@ -3,6 +3,7 @@
     python benchmarks/mixing.py                  # CPU: small shapes, reference vs torch.compile (~1 min)
     python benchmarks/mixing.py --sweep          # GPU: 1B shape (N = 8 x 2048, C = 2048, n = 4) + C / n sweep
     python benchmarks/mixing.py --peak-gbs 3350  # bandwidth to report % of, when the device is not in the table
+    python benchmarks/mixing.py --maps           # only the H_res map table (benchmarks/maps.py, issue 13)
 
 Three tables, measured in one run (see docs/kernels.md for how to read them):
 1. ops: forward + backward of each mixing op (mHC coefficients, Sinkhorn, pre-mix, post + residual)
@@ -13,6 +14,9 @@ Three tables, measured in one run (see docs/kernels.md for how to read them):
    `hyper-connections` package (eager PyTorch) when installed; `liger-kernel` rows when installed.
 3. end-to-end: training-step time (forward, backward, AdamW) of `standard`, `hc` and `mhc`,
    interleaved round-robin, and the overhead over `standard` (mHC paper: 6.7% at n = 4 fused).
+With `--maps`: the cost per token of each H_res map (sinkhorn, permutation, kronecker,
+orthostochastic, orthogonal) at n = 4, 8, 16 and C = 2048 instead; the remaining arguments go to
+benchmarks/maps.py (see its --help).
 """
 
 from __future__ import annotations
@@ -244,7 +248,14 @@ def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--maps" in argv:  # the H_res map table lives in its own script (it needs none of the imports above)
+        spec = importlib.util.spec_from_file_location("maps_benchmark", Path(__file__).resolve().parent / "maps.py")
+        maps = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(maps)
+        return maps.main([a for a in argv if a != "--maps"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--maps", action="store_true", help="only the H_res map cost table (benchmarks/maps.py)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, default=None, help="N for the op table (GPU 16384 = 8 x 2048, CPU 512)")
     parser.add_argument("--hidden", type=int, default=None, help="C (GPU 2048 as the 1B presets, CPU 128)")

@@ -37,3 +37,18 @@ def test_peak_bandwidth_lookup_prefers_the_most_specific_name():
     assert mod.peak_for_name("NVIDIA H100 PCIe") == 2000
     assert mod.peak_for_name("NVIDIA A100-SXM4-80GB") == 2039
     assert mod.peak_for_name("Some Future GPU") is None
+
+
+def test_maps_flag_prints_the_h_res_map_table(capsys):
+    """`--maps` (issue 13): one timing row per map and supported n, and the 1B parameter table."""
+    spec = importlib.util.spec_from_file_location("mixing_benchmark", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--maps", "--hidden", "8", "--tokens", "4", "--reps", "1", "--streams", "4,8"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    timed = {(r[0], int(r[1])) for r in rows if len(r) == 8 and r[1].isdigit() and float(r[-1]) > 0}
+    maps = ("sinkhorn", "permutation", "kronecker", "orthostochastic", "orthogonal")
+    assert timed == {(m, n) for m in maps for n in (4, 8)} - {("permutation", 8)}  # n! logits: n <= 6
+    params = {(r[0], int(r[1])): int(r[4].replace(",", "")) for r in rows if len(r) == 5 and r[1].isdigit()}
+    assert params[("kronecker", 4)] == 2 * 20 * (4 * 2048 * (8 + 2) + (8 + 2) + 3)  # mhc_1b: 20 layers, C = 2048
+    assert params[("permutation", 6)] == 2 * 20 * (6 * 2048 * (12 + 720) + (12 + 720) + 3)
