@@ -86,7 +86,8 @@ def test_sinkhorn_map_is_the_sinkhorn_of_the_row_major_logits(n):
 @pytest.mark.parametrize("name, n", CASES)
 def test_gradcheck_float64(name, n):
     logits = random_logits(name, n, 1.0, seed=1, tokens=2, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: H_RES_MAPS[name](x, n, sinkhorn_iters=3), (logits,))
+    fast = logits.numel() > 48  # K > 24 (sinkhorn, permutation n >= 5; Cayley n >= 8): random directions
+    assert torch.autograd.gradcheck(lambda x: H_RES_MAPS[name](x, n, sinkhorn_iters=3), (logits,), fast_mode=fast)
 
 
 def mix(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
