@@ -28,9 +28,13 @@ cd "${SLURM_SUBMIT_DIR:-.}"               # the repo root: config paths are rela
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-240}
 mkdir -p logs
 # source .venv/bin/activate              # your environment here
+# Slurm >= 22.05: srun no longer inherits --cpus-per-task from sbatch, so without this the step (the
+# launcher, its 8 workers and their data loaders) would run on 1 CPU per node.
+CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-64}
+export SRUN_CPUS_PER_TASK=$CPUS_PER_TASK
 
 # srun starts one launcher per node; SLURM_NODEID is that node's machine rank.
-srun --kill-on-bad-exit=1 bash -c "accelerate launch \
+srun --kill-on-bad-exit=1 --cpus-per-task="$CPUS_PER_TASK" bash -c "accelerate launch \
     --config_file $ACCEL_CONFIG \
     --num_machines $SLURM_NNODES \
     --num_processes $((SLURM_NNODES * GPUS_PER_NODE)) \

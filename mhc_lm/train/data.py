@@ -8,6 +8,10 @@ interface as `WindowLoader` (iterable of {"input_ids", "labels"} (B, T) batches,
 
 from __future__ import annotations
 
+import json
+import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -31,10 +35,9 @@ class DataBundle:
 
 def build_data(config, accelerator) -> DataBundle:
     """Prepare (main process first, idempotent) and open the corpus of `config.data`."""
-    from mhc_lm.data import PackedTokens, WindowLoader, load_tokenizer, prepare_data
+    from mhc_lm.data import PackedTokens, WindowLoader, load_tokenizer
 
-    with accelerator.main_process_first():
-        out_dir = Path(prepare_data(config.data))
+    out_dir = prepare_on_main(config.data, accelerator)
     tokenizer = load_tokenizer(out_dir)
     train = PackedTokens(out_dir, split="train")
     seq_len = config.data.seq_len
@@ -59,3 +62,61 @@ def build_data(config, accelerator) -> DataBundle:
             val = None
     vocab = max(int(train.vocab_size), len(tokenizer))
     return DataBundle(loader, make_val_loader if val is not None else None, vocab, seq_len, tokenizer, out_dir)
+
+
+def _status_file(out_dir) -> Path:
+    out = Path(out_dir).expanduser().absolute()
+    return out.with_name(f".{out.name}.prepare_status.json")
+
+
+def prepare_on_main(data_config, accelerator, poll_s: float = 2.0, report_every_s: float = 300.0) -> Path:
+    """`prepare_data` on the main process; the other processes wait on a status file it writes.
+
+    A first preparation of a large corpus takes hours (tokenizer training, tokenizing ~10B
+    tokens). Waiting for it in a collective (a barrier, as `main_process_first` does) meets the
+    process-group timeout (30 min, NCCL watchdog) and kills the job; polling a file does not.
+    One quick broadcast first gives this launch a token, so a status file left by an earlier
+    launch is never taken for this one. The other ranks then open the same folder with
+    `prepare_data` (a reuse check). Multi-node: data.out_dir must be on a filesystem all nodes
+    see, or be prepared beforehand with `python launch/prepare_data.py` on each node.
+    """
+    from mhc_lm.data import prepare_data
+
+    if accelerator.num_processes == 1:
+        return Path(prepare_data(data_config))
+    from accelerate.utils import broadcast_object_list
+
+    token = broadcast_object_list([uuid.uuid4().hex if accelerator.is_main_process else None], from_process=0)[0]
+    status = _status_file(data_config.out_dir)
+    if accelerator.is_main_process:
+        state = {"token": token, "ok": False, "error": None}
+        try:
+            out = Path(prepare_data(data_config))
+            state["ok"] = True
+            return out
+        except BaseException as err:
+            state["error"] = f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            status.parent.mkdir(parents=True, exist_ok=True)
+            tmp = status.with_name(status.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, status)
+    start = last_report = time.monotonic()
+    while True:
+        try:
+            state = json.loads(status.read_text())
+        except (FileNotFoundError, ValueError):
+            state = None
+        if state is not None and state.get("token") == token:
+            break
+        now = time.monotonic()
+        if now - last_report >= report_every_s and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"[mhc-lm] rank {accelerator.process_index}: waiting for rank 0 to prepare {data_config.out_dir} "
+                  f"({(now - start) / 60:.0f} min so far; its progress is in rank 0's log)", flush=True)
+            last_report = now
+        time.sleep(poll_s)
+    if not state.get("ok"):
+        raise RuntimeError(f"data preparation failed on rank 0 ({state.get('error')}); see rank 0's log. "
+                           "Fix the data settings, or prepare first with `python launch/prepare_data.py --config ...`")
+    return Path(prepare_data(data_config))

@@ -28,6 +28,25 @@ def using_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
+def using_fsdp() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def fsdp_plugin():
+    """The FSDP settings of the accelerate config (read from the environment, as Accelerate does),
+    with a mixed-precision policy that keeps parameters, gradient reduction and buffers in fp32.
+
+    Accelerate's default under mixed_precision=bf16 is param_dtype = reduce_dtype = bf16: every
+    parameter, the mHC coefficients and HC static matrices included, and all n residual streams
+    would be bf16 inside forward and gradients summed in bf16, unlike DDP. Here bf16 compute comes
+    from autocast alone (which Accelerate still applies to the forward), as under DDP."""
+    from accelerate import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    plugin.set_mixed_precision(torch.float32, override=True)  # kept: Accelerate's later call does not override
+    return plugin
+
+
 def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
     """Micro-batches per optimizer step so that micro * world * accumulation == batch_size."""
     per_step = cfg.train.micro_batch_size * world_size
@@ -57,6 +76,8 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
     )
     if launched_world_size() > 1 or using_deepspeed():  # a plain single process has no process group
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=30))]
+    if using_fsdp():
+        kwargs["fsdp_plugin"] = fsdp_plugin()
     if cpu and not using_deepspeed():  # accelerate refuses cpu=True together with DeepSpeed
         kwargs["cpu"] = True
     if launched_world_size() == 1 and not using_deepspeed():
