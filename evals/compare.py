@@ -62,7 +62,7 @@ def choose_baseline(groups: dict[str, list[Run]], baseline: str | None) -> tuple
 
 def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool = False,
             baseline: str | None = None, group_by: tuple[str, ...] = (), effect: float | None = None,
-            report: dict | None = None) -> dict:
+            report: dict | None = None, plots: bool = True) -> dict:
     """Load, (optionally probe,) test, plot and report; returns the per-group summary. `report`, when
     given, receives the headline, verdict lines and warnings written to report.md."""
     if not run_dirs:
@@ -86,8 +86,8 @@ def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool
     warn_uneven_lengths(groups)
     warn_mixed_settings(groups, group_by)
     summary = summarize(groups, final_window, base)
-    plots = make_plots(groups, out)
-    verdicts, notes = write_reports(summary, groups, base, note, plots, out, effect)
+    pngs = make_plots(groups, out) if plots else []
+    verdicts, notes = write_reports(summary, groups, base, note, pngs, out, effect)
     if report is not None:
         report.update(baseline=base, headline=headline_rows(summary, base), verdicts=verdicts, warnings=notes)
     return summary
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="val-loss difference the power estimate targets (default: the observed difference)")
     parser.add_argument("--final-window", type=positive_int, default=10,
                         help="training losses averaged for 'final' (>= 1; default %(default)s)")
+    parser.add_argument("--no-plots", action="store_true", help="write the reports only (no PNGs)")
     parser.add_argument("--probe", action="store_true",
                         help="run evals.stability on runs without stability.json (needs hf/ and the prepared data)")
     args = parser.parse_args(argv)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _print_warning  # one line per warning on stderr (restored on exit)
         try:
             compare(args.run_dirs, args.out, args.final_window, args.probe, args.baseline, group_by, args.effect,
-                    report=written)
+                    report=written, plots=not args.no_plots)
         except SystemExit as err:
             if not isinstance(err.code, str):
                 raise

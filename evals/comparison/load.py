@@ -132,9 +132,10 @@ def group(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def warn_uneven_lengths(groups: dict[str, list[Run]]) -> None:
-    """Warn when the runs averaged as seeds of one group end at different steps."""
+    """Warn when the runs averaged as seeds of one group end at different steps (diverged runs, which
+    stop early by definition, are named by warn_mixed_settings instead)."""
     for name, runs in groups.items():
-        ends = [(r.path, r.last_step) for r in runs]
+        ends = [(r.path, r.last_step) for r in runs if not r.diverged]
         if len({s for _, s in ends}) > 1:
             warnings.warn(f"{name}: the runs averaged as its seeds end at different steps ("
                           + ", ".join(f"{p}: step {s}" for p, s in ends)

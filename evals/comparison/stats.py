@@ -95,7 +95,8 @@ def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     df = 2 * n - 2
     nc = abs(effect) / (sd * math.sqrt(2.0 / n))
     t_crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(t_crit, df, nc) + stats.nct.cdf(-t_crit, df, nc))
+    lower = stats.nct.cdf(-t_crit, df, nc)  # the wrong-sign tail: nan from scipy where it underflows
+    return float(stats.nct.sf(t_crit, df, nc) + (lower if math.isfinite(lower) else 0.0))
 
 
 def seeds_needed(effect: float, sd: float, target: float = POWER, alpha: float = ALPHA) -> int | None:

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -324,11 +325,17 @@ def _check_tokenizer_vocab(cfg: DataConfig) -> None:
 
 
 def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
-    """Prepare tokenizer + shards in `cfg.out_dir` (reused when complete and matching); returns it."""
+    """Prepare tokenizer + shards in `cfg.out_dir` (reused when complete and matching); returns it.
+    Progress bars (ours and datasets') only when stderr is a terminal: a log file gets one line."""
     out_dir = Path(cfg.out_dir).expanduser().absolute()
     inputs = _fingerprint_inputs(cfg)
     if _reusable(out_dir, inputs, cfg.overwrite):  # the fingerprint holds tokenizer and vocab_size: checked then
         return out_dir
+    if progress and not sys.stderr.isatty():
+        progress = False
+        what = ", ".join(cfg.train_files) if cfg.train_files else f"the embedded {cfg.corpus!r} corpus"
+        print(f"[mhc-lm] preparing {what} -> {out_dir} (tokenizer + shards, once)",
+              file=sys.stderr, flush=True)
     if cfg.tokenizer and cfg.vocab_size is not None:  # before reading any data, not on every reuse
         _check_tokenizer_vocab(cfg)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
