@@ -174,6 +174,19 @@ def data_fail(out_dir: Path) -> None:
     except (ValueError, RuntimeError) as err:
         if "corpus has no text column 'txt'" in str(err):
             print(f"DATA FAILED ON RANK 0 SEEN by rank {acc.process_index}", flush=True)
+    # the end-of-run export runs on the main process alone: its failure must reach the other ranks
+    # (they used to wait in a barrier until the collective timeout)
+    from mhc_lm.train.export import on_main_process
+
+    def export():
+        raise ValueError("step_0000002/pytorch_model/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt is not a zero checkpoint")
+
+    try:
+        on_main_process(acc, export, "export")
+    except (ValueError, RuntimeError) as err:
+        if "is not a zero checkpoint" in str(err):
+            print(f"EXPORT FAILED ON RANK 0 SEEN by rank {acc.process_index}", flush=True)
+    acc.wait_for_everyone()
     dist.destroy_process_group()
 
 

@@ -146,9 +146,12 @@ def test_data_preparation_longer_than_the_collective_timeout(tmp_path):
     assert out.count("DATA OK") == 2, out
 
 
-def test_data_preparation_failure_on_rank_0_reaches_the_other_ranks(tmp_path):
+def test_failures_on_rank_0_reach_the_other_ranks(tmp_path):
+    """Data preparation and the end-of-run export run on rank 0 alone: when they raise, every rank
+    stops with rank 0's message (finding 1: the other ranks hung in a barrier until the timeout)."""
     out = torchrun("data_fail", tmp_path)
     assert out.count("DATA FAILED ON RANK 0 SEEN") == 2, out
+    assert out.count("EXPORT FAILED ON RANK 0 SEEN") == 2, out
 
 
 # ------------------------------------------------------------------ finding 6: Slurm
