@@ -49,6 +49,17 @@ def test_sweep_refuses_overrides_it_sets_per_run(tmp_path):
         sweep.main(["--config", "configs/tiny_cpu.yaml", "--print-only", "optim.lr=abc"])
 
 
+def test_sweep_seeds_are_replicates_and_a_fixed_data_order_is_warned_about(tmp_path, capsys):
+    sweep = load("sweep")
+    assert sweep.main(["--config", "configs/tiny_cpu.yaml", "--out", str(tmp_path), "--modes", "mhc", "--seeds", "2",
+                       "--print-only"]) == 0
+    out, err = capsys.readouterr()
+    assert "train.seed=0" in out and "train.seed=1" in out and "order_seed" not in err  # seed drives the order too
+    assert sweep.main(["--config", "configs/tiny_cpu.yaml", "--out", str(tmp_path), "--modes", "mhc", "--seeds", "2",
+                       "--print-only", "data.order_seed=5"]) == 0
+    assert "data.order_seed=5 is set, so every seed trains on the same data order" in capsys.readouterr().err
+
+
 def test_sigterm_to_the_sweep_stops_the_run_at_a_checkpoint_and_the_sweep(tmp_path):
     fake = tmp_path / "fake_pretrain.py"
     fake.write_text(FAKE_PRETRAIN)
