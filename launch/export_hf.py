@@ -4,7 +4,8 @@
     python launch/export_hf.py runs/tiny --checkpoint runs/tiny/checkpoints/step_0000200 --out /tmp/m
 
 Then: AutoModelForCausalLM.from_pretrained("runs/tiny/hf", trust_remote_code=True).
-Works for plain and DeepSpeed ZeRO checkpoints (ZeRO shards are consolidated to fp32).
+Works for plain, FSDP and DeepSpeed checkpoints: under DeepSpeed the fp32 master weights are
+consolidated from the optimizer partitions of any ZeRO stage, BF16_Optimizer (bf16 + ZeRO-1) included.
 --out replaces only an earlier export (or an empty folder): the run directory, a folder above it,
 its checkpoints/, a file and a folder holding other files are refused (exit code 2, nothing deleted).
 """

@@ -51,8 +51,9 @@ def bf16_optimizer_fp32_state_dict(ds_dir: Path) -> dict[str, torch.Tensor]:
         need = sum(int(torch.Size(s).numel()) for s in shapes.values())
         padding = flat.numel() - need
         if padding < 0 or padding != sum(int(s["group_paddings"][g]) for s in shards):
+            pads = [s["group_paddings"][g] for s in shards]
             raise ValueError(f"{ds_dir}: group {g} holds {flat.numel()} fp32 values for {need} parameter values "
-                             f"(+ padding {[s['group_paddings'][g] for s in shards]}): not the layout this reader knows")
+                             f"(+ padding {pads}): not the layout this reader knows")
         offset = 0
         for name, shape in shapes.items():
             n = int(torch.Size(shape).numel())

@@ -12,7 +12,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
@@ -36,7 +35,8 @@ def _fake_trainer(model, unwrapped, batch, rank, world, run_dir):
     acc = types.SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=world, is_main_process=rank == 0,
                                 reduce=reduce, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16),
                                 state=types.SimpleNamespace())
-    config = types.SimpleNamespace(train=types.SimpleNamespace(max_steps=10), logging=types.SimpleNamespace(log_every=1))
+    config = types.SimpleNamespace(train=types.SimpleNamespace(max_steps=10),
+                                   logging=types.SimpleNamespace(log_every=1))
     return types.SimpleNamespace(accelerator=acc, model=model, unwrapped_model=unwrapped, probe_batch=batch,
                                  config=config, step=0, run_dir=run_dir,
                                  writer=types.SimpleNamespace(write=lines.append)), lines
@@ -179,7 +179,7 @@ def data_fail(out_dir: Path) -> None:
     from mhc_lm.train.export import on_main_process
 
     def export():
-        raise ValueError("step_0000002/pytorch_model/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt is not a zero checkpoint")
+        raise ValueError("pytorch_model/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt is not a zero checkpoint")
 
     try:
         on_main_process(acc, export, "export")
@@ -205,8 +205,7 @@ def accelerate_fsdp(out_dir: Path) -> None:
     mixing = getattr(mixing, "_fsdp_wrapped_module", mixing)
     handle = mixing.register_forward_pre_hook(
         lambda m, a: seen.update({n: str(p.dtype) for n, p in m.named_parameters(recurse=False)}))
-    with contextlib.ExitStack():
-        trainer.fit()
+    trainer.fit()
     handle.remove()
     if acc.is_main_process:
         lines = [json.loads(x) for x in (out_dir / "run" / "metrics.jsonl").read_text().splitlines()]
