@@ -2,6 +2,7 @@
 
     python -m evals.stability_study stress runs/stress_cpu/*_seed* --out docs/figures --prefix stress
     python -m evals.stability_study depth runs/post_depth64/*_seed* --out docs/figures --prefix post_depth64
+    python -m evals.stability_study init --layers 64 --seeds 4 --init-range 0.02 0.2
 
 Reads each run's config.yaml, metrics.jsonl and DIVERGED note (written by the trainer when the loss
 or gradient norm became non-finite; launch/pretrain.py then exits with status 3 and the sweep goes
@@ -15,6 +16,8 @@ and max over tokens, max grad norm, diverged at, wall time), then per mode the m
 layer XX)) at the first probe (step 0 = init) and the last, the first/last-layer ratio, and the
 vanished ratios at init and at the end; figure PREFIX.png: the per-layer profile, geometric mean
 over seeds. Prints markdown; --out also writes PREFIX.md and PREFIX.json there.
+`init` (no runs): the depth profile at init of a thin stack (hidden 32, 2 heads, random tokens) for
+pre/post-norm x standard/grid, per seed and initializer_range: rms/grad layer 0 / last layer.
 
 Wall time is the span from config.yaml (written when the run starts) to the last metrics.jsonl
 write: training, probes and evaluation, not the final export.
@@ -260,13 +263,50 @@ def depth_figure(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------- init
+def init_ratio(block_norm: str, mode: str, seed: int, layers: int, initializer_range: float, grid_size: int = 4) -> float:
+    """rms/grad layer 0 / layer `layers - 1` at init of a thin stack on a random token batch (the probe's metric)."""
+    import torch
+
+    from mhc_lm.metrics import probe_model
+    from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM
+
+    torch.manual_seed(seed)
+    model = MhcLmForCausalLM(MhcLmConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, residual_mode=mode, grid_size=grid_size,
+        block_norm=block_norm, initializer_range=initializer_range, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    ids = torch.randint(3, 97, (4, 33), generator=torch.Generator().manual_seed(100 + seed))  # (B, T + 1)
+    m = probe_model(model, {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}, amax=False)
+    return m["rms/grad/layer_00"] / m[f"rms/grad/layer_{layers - 1:02d}"]
+
+
+def init_table(layers: int, seeds: int, ranges: list[float]) -> str:
+    lines = ["| initializer_range | block norm | mode | rms/grad layer 0 / layer %d, per seed |" % (layers - 1),
+             "|---:|---|---|---|"]
+    for r in ranges:
+        for norm in ("pre", "post"):
+            for mode in ("standard", "grid"):
+                vals = [init_ratio(norm, mode, s, layers, r) for s in range(seeds)]
+                lines.append(f"| {r:g} | {norm} | {mode} | {', '.join(fmt(v) for v in vals)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=("stress", "depth"))
-    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("kind", choices=("stress", "depth", "init"))
+    parser.add_argument("run_dirs", nargs="*", type=Path)
+    parser.add_argument("--layers", type=int, default=64, help="init: depth (a multiple of 16 for the 4 x 4 grid)")
+    parser.add_argument("--seeds", type=int, default=4, help="init: seeds 0..N-1")
+    parser.add_argument("--init-range", type=float, nargs="+", default=[0.02, 0.2], help="init: initializer_range values")
     parser.add_argument("--out", type=Path, default=None, help="folder for PREFIX.md, PREFIX.json, PREFIX.png")
     parser.add_argument("--prefix", default=None, help="file name stem (default: the kind)")
     args = parser.parse_args(argv)
+    if args.kind == "init":
+        print(init_table(args.layers, args.seeds, args.init_range))
+        return 0
+    if not args.run_dirs:
+        parser.error(f"{args.kind}: give the run directories")
     runs = [load(d) for d in args.run_dirs]
     text, data = (stress_tables if args.kind == "stress" else depth_tables)(runs)
     print(text)
