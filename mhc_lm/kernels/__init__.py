@@ -16,6 +16,6 @@ except Exception as exc:  # pragma: no cover - depends on the environment
 from .coefficients import fused_mhc_coefficients
 from .launch import INTERPRETED
 from .sinkhorn import fused_sinkhorn
-from .stream_mix import fused_post_res, fused_pre_mix
+from .stream_mix import fused_post_res, fused_post_res_backward, fused_pre_mix
 
-__all__ = ["fused_sinkhorn", "fused_mhc_coefficients", "fused_pre_mix", "fused_post_res", "INTERPRETED"]
+__all__ = ["fused_sinkhorn", "fused_mhc_coefficients", "fused_pre_mix", "fused_post_res", "fused_post_res_backward", "INTERPRETED"]

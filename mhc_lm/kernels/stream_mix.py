@@ -308,3 +308,9 @@ def fused_post_res(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_
     H_res x_l + H_post^T f in one pass (HC: A_r^T H + B^T f).
     """
     return _post_res_op(x, f_out, h_res, h_post)
+
+
+def fused_post_res_backward(x, f_out, h_res, h_post, grad):
+    """(dx, df, dh_res, dh_post) of `fused_post_res` for grad = dL/d(out): the model's post + residual
+    node (`stream_ops.post_res`) calls it directly, so block recompute can supply a rebuilt x."""
+    return _post_res_backward_op(x, f_out, h_res, h_post, grad)

@@ -33,6 +33,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_mhc_lm import MhcLmConfig
+from .recompute import RecomputePlan
 from .residual_grid import grid_forward
 from .residual_hc import HyperConnection
 from .residual_mhc import ManifoldHyperConnection
@@ -158,15 +159,18 @@ class MhcLmDecoderLayer(GradientCheckpointingLayer):
         self.mlp_mixing = residual_cls(config, sublayer_idx=2 * layer_idx + 1)
         self.post_norm = config.block_norm == "post"
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None,
+                mixing_recompute=None, **kwargs):
         # hidden_states: (B, T, C) for standard/grid, (B, T, n, C) for hc/mhc
+        # mixing_recompute: None or one entry per sub-layer (recompute.RecomputePlan), hc/mhc only
+        attn_rc, mlp_rc = mixing_recompute or (None, None)
         if self.post_norm:  # (B, T, C): norm(x + F(x)), norm(x + MLP(x))
             attend = lambda h: self.self_attn(h, position_embeddings, attention_mask, past_key_values)  # noqa: E731
             hidden_states = self.input_layernorm(self.attn_mixing(hidden_states, attend))
             return self.post_attention_layernorm(self.mlp_mixing(hidden_states, self.mlp))
         attend = lambda h: self.self_attn(self.input_layernorm(h), position_embeddings, attention_mask, past_key_values)  # noqa: E731
-        hidden_states = self.attn_mixing(hidden_states, attend)
-        hidden_states = self.mlp_mixing(hidden_states, lambda h: self.mlp(self.post_attention_layernorm(h)))
+        hidden_states = self.attn_mixing(hidden_states, attend, attn_rc)
+        hidden_states = self.mlp_mixing(hidden_states, lambda h: self.mlp(self.post_attention_layernorm(h)), mlp_rc)
         return hidden_states
 
 
@@ -271,8 +275,16 @@ class MhcLmModel(MhcLmPreTrainedModel):
         position_embeddings = rotary_cos_sin(position_ids, self.config.resolved_head_dim, self.config.rope_theta, inputs_embeds.dtype)
         mask = build_attention_mask(attention_mask, B, T, past_len, inputs_embeds.device)
 
+        plan = RecomputePlan(self.config.mixing_recompute, self.config.resolved_recompute_layers) \
+            if self.config.mixing_recompute != "none" else None
+
         def run_layer(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-            return layer(h, position_embeddings, attention_mask=mask, past_key_values=past_key_values)
+            if plan is None:
+                return layer(h, position_embeddings, attention_mask=mask, past_key_values=past_key_values)
+            checkpointed = layer.gradient_checkpointing and layer.training  # the trainer's layer checkpointing
+            recompute = plan.for_layer(layer.self_attn.layer_idx, checkpointed)
+            return layer(h, position_embeddings, attention_mask=mask, past_key_values=past_key_values,
+                         mixing_recompute=recompute)
 
         n = self.config.streams
         if self.config.residual_mode in ("hc", "mhc"):

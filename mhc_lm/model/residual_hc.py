@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .stream_ops import dispatch, rms_norm
+from .recompute import mix_in, stream_of
+from .stream_ops import dispatch, post_res, rms_norm
 
 
 class HyperConnection(nn.Module):
@@ -78,27 +79,44 @@ class HyperConnection(nn.Module):
 
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j], B (N, n), all fp32."""
+        return self._coefficients(x, *self._mixing_params())
+
+    def _mixing_params(self) -> tuple[torch.Tensor, ...]:
+        static = (self.static_alpha_m, self.static_alpha_r, self.static_beta)
+        if not self.dynamic:
+            return static
+        return static + (self.norm_weight, self.dynamic_proj, self.dynamic_alpha_scale, self.dynamic_beta_scale)
+
+    def _coefficients(self, x, alpha_m, alpha_r, beta, norm_weight=None, proj=None, alpha_scale=None, beta_scale=None):
         N, n = x.shape[0], self.n_streams
-        a_m = self.static_alpha_m.float().expand(N, n)
-        a_r = self.static_alpha_r.float().expand(N, n, n)
-        b = self.static_beta.float().expand(N, n)
+        a_m = alpha_m.float().expand(N, n)
+        a_r = alpha_r.float().expand(N, n, n)
+        b = beta.float().expand(N, n)
         if self.dynamic:
             with torch.autocast(device_type=x.device.type, enabled=False):
-                h_bar = rms_norm(x.float(), self.norm_weight, self.eps)  # (N, n, C)
-                d = torch.tanh(h_bar @ self.dynamic_proj.float())  # (N, n, n + 2): row i from stream i
-                a_m = a_m + self.dynamic_alpha_scale.float() * d[..., 0]
-                a_r = a_r + self.dynamic_alpha_scale.float() * d[..., 1 : n + 1]
-                b = b + self.dynamic_beta_scale.float() * d[..., n + 1]
+                h_bar = rms_norm(x.float(), norm_weight, self.eps)  # (N, n, C)
+                d = torch.tanh(h_bar @ proj.float())  # (N, n, n + 2): row i from stream i
+                a_m = a_m + alpha_scale.float() * d[..., 0]
+                a_r = a_r + alpha_scale.float() * d[..., 1 : n + 1]
+                b = b + beta_scale.float() * d[..., n + 1]
         return a_m, a_r, b
 
-    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def _mix_in(self, xs, *params):
+        """Everything before F, as a function of the stream and the parameters (what recompute re-runs):
+        xs (N, n, C) -> layer input A_m^T H (N, C), A_r (N, n, n), B (N, n)."""
+        a_m, a_r, b = self._coefficients(xs, *params)
+        pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams)
+        return pre_mix(xs, a_m), a_r, b
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], recompute=None) -> torch.Tensor:
+        """recompute: None, "sublayer" or a block's stream reference (`recompute.py`)."""
         B, T, n, C = x.shape
         xs = x.reshape(B * T, n, C)  # (N, n, C)
-        a_m, a_r, b = self.coefficients(xs)
+        h, a_r, b = mix_in(self._mix_in, xs, self._mixing_params(), recompute)  # width connection
         if self.record_mixing:
             self.last_mixing = a_r.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
-        pre_mix = dispatch("pre_mix", self.fused, x.device, n)
-        post_res = dispatch("post_res", self.fused, x.device, n)
-        h = pre_mix(xs, a_m).view(B, T, C)  # width connection
-        f = sublayer(h)  # (B, T, C)
-        return post_res(xs, f.reshape(B * T, C), a_r, b).view(B, T, n, C)  # depth connection
+        f = sublayer(h.view(B, T, C))  # (B, T, C)
+        forward_fn = dispatch("post_res", self.fused, x.device, n)
+        backward_fn = dispatch("post_res_backward", self.fused, x.device, n)
+        out = post_res(xs, f.reshape(B * T, C), a_r, b, forward_fn, backward_fn, stream_of(recompute))
+        return out.view(B, T, n, C)  # depth connection

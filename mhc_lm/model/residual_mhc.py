@@ -28,8 +28,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .recompute import mix_in, stream_of
 from .sinkhorn import sinkhorn
-from .stream_ops import dispatch
+from .stream_ops import dispatch, post_res
 
 
 class ManifoldHyperConnection(nn.Module):
@@ -63,19 +64,31 @@ class ManifoldHyperConnection(nn.Module):
 
     def coefficients(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """xs (N, n, C) -> H_pre (N, n), H_post (N, n), H_res (N, n, n) [old i, new j], fp32."""
+        return self._coefficients(xs, self.phi, self.alpha, self.bias)
+
+    def _coefficients(self, xs, phi, alpha, bias):
         N, n, C = xs.shape
         project = dispatch("mhc_coefficients", self.fused, xs.device, self.n_streams)
-        h_pre, h_post, logits = project(xs.reshape(N, n * C), self.phi, self.alpha, self.bias, n, self.eps)
-        h_res = sinkhorn(logits, self.sinkhorn_iters, fused=self.fused)
+        h_pre, h_post, logits = project(xs.reshape(N, n * C), phi, alpha, bias, n, self.eps)
+        h_res = sinkhorn(logits, self.sinkhorn_iters, fused=self.fused)  # the H_res map: one call on the logits
         return h_pre, h_post, h_res
 
-    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def _mix_in(self, xs, phi, alpha, bias):
+        """Everything before F, as a function of the stream and the parameters (what recompute re-runs):
+        xs (N, n, C) -> layer input H_pre x (N, C), H_res (N, n, n), H_post (N, n)."""
+        h_pre, h_post, h_res = self._coefficients(xs, phi, alpha, bias)
+        pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams)
+        return pre_mix(xs, h_pre), h_res, h_post
+
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], recompute=None) -> torch.Tensor:
+        """recompute: None, "sublayer" or a block's stream reference (`recompute.py`)."""
         B, T, n, C = x.shape
         xs = x.reshape(B * T, n, C)  # (N, n, C)
-        h_pre, h_post, h_res = self.coefficients(xs)
+        layer_in, h_res, h_post = mix_in(self._mix_in, xs, (self.phi, self.alpha, self.bias), recompute)
         if self.record_mixing:
             self.last_mixing = h_res.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
-        pre_mix = dispatch("pre_mix", self.fused, x.device, self.n_streams)
-        post_res = dispatch("post_res", self.fused, x.device, self.n_streams)
-        f = sublayer(pre_mix(xs, h_pre).view(B, T, C))  # F(H_pre x_l), (B, T, C)
-        return post_res(xs, f.reshape(B * T, C), h_res, h_post).view(B, T, n, C)  # H_res x_l + H_post^T f
+        f = sublayer(layer_in.view(B, T, C))  # F(H_pre x_l), (B, T, C)
+        forward_fn = dispatch("post_res", self.fused, x.device, n)
+        backward_fn = dispatch("post_res_backward", self.fused, x.device, n)
+        out = post_res(xs, f.reshape(B * T, C), h_res, h_post, forward_fn, backward_fn, stream_of(recompute))
+        return out.view(B, T, n, C)  # H_res x_l + H_post^T f

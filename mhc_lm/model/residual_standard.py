@@ -21,5 +21,5 @@ class StandardResidual(nn.Module):
         super().__init__()
         self.sublayer_idx = sublayer_idx
 
-    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return x + sublayer(x)
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], recompute=None) -> torch.Tensor:
+        return x + sublayer(x)  # recompute: always None here (mixing_recompute is for hc / mhc)

@@ -27,8 +27,9 @@ FUSED_MAX_N = 16
 """Largest n the fused kernel holds in registers; larger matrices use the reference."""
 
 
-def sinkhorn_reference(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS, eps: float = SINKHORN_EPS) -> torch.Tensor:
-    """Pure-PyTorch Sinkhorn-Knopp on the last two dims; autograd through the unrolled loop."""
+def sinkhorn_unrolled(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS, eps: float = SINKHORN_EPS) -> torch.Tensor:
+    """Sinkhorn-Knopp on the last two dims, autograd through the unrolled loop (~3 ops and their
+    saved tensors per normalisation). The test oracle of `sinkhorn_reference` and the kernels."""
     if iters < 0:
         raise ValueError(f"sinkhorn_iters must be >= 0, got {iters}")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -41,6 +42,82 @@ def sinkhorn_reference(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS
             p = p / (p.sum(dim=-1, keepdim=True) + eps)
             p = p / (p.sum(dim=-2, keepdim=True) + eps)
     return p
+
+
+def _normalisations(iters: int) -> list[tuple[int, bool]]:
+    """(dim, with eps) of each normalisation after P0, in order, in the (i, j, M) layout of
+    `_sinkhorn_iterates`: dim 0 = columns (sum over old streams i), dim 1 = rows."""
+    if iters == 0:
+        return [(0, False)]
+    return [(0, True)] + [(d, True) for _ in range(iters - 1) for d in (1, 0)]
+
+
+def _sinkhorn_iterates(lt: torch.Tensor, iters: int, eps: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Graph-free forward on lt (n, n, M) = logits with the tokens last: the row softmax S and
+    the input of every normalisation (the last entry is the output). Tokens last makes every
+    sum a reduction over an outer axis and every division a contiguous broadcast, ~7x faster on
+    CPU than the (M, n, n) layout for 4 x 4 matrices; same maths as `sinkhorn_unrolled`."""
+    soft = torch.softmax(lt, dim=1)  # (n, n, M)
+    p = soft + eps
+    steps = [p]
+    for dim, with_eps in _normalisations(iters):
+        s = p.sum(dim=dim, keepdim=True)
+        p = p / (s + eps) if with_eps else p / s
+        steps.append(p)
+    return soft, steps
+
+
+def _tokens_last(logits: torch.Tensor) -> torch.Tensor:
+    """(..., n, n) -> (n, n, M); free when the logits are already a view of such memory."""
+    n = logits.shape[-1]
+    return logits.reshape(-1, n, n).permute(1, 2, 0).contiguous()
+
+
+def _tokens_first(pt: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """(n, n, M) -> shape (..., n, n), a view when there is one batch axis."""
+    return pt.permute(2, 0, 1).reshape(shape)
+
+
+class _Sinkhorn(torch.autograd.Function):
+    """One autograd node: forward without a graph, saving only the logits; backward re-runs the
+    iteration (n^2 values per token per step, transient) and walks it back. Each normalisation
+    p_out = p / (s + eps), s = sum_dim p, has the vector-Jacobian product
+        dp = (g - sum_dim(g * p_out)) / (s + eps),
+    and the row softmax dL = S * (g - sum_row(g * S)). Same maths as the fused kernel's backward."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+        ctx.iters, ctx.eps = iters, eps
+        lt = _tokens_last(logits)
+        ctx.save_for_backward(lt)
+        return _tokens_first(_sinkhorn_iterates(lt, iters, eps)[1][-1], logits.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (lt,) = ctx.saved_tensors
+        soft, steps = _sinkhorn_iterates(lt, ctx.iters, ctx.eps)
+        g = _tokens_last(grad)
+        for k in range(len(steps) - 1, 0, -1):
+            dim, with_eps = _normalisations(ctx.iters)[k - 1]
+            p_in, p_out = steps[k - 1], steps[k]
+            s = p_in.sum(dim=dim, keepdim=True)
+            g = (g - (g * p_out).sum(dim=dim, keepdim=True)) / (s + ctx.eps if with_eps else s)
+        g = soft * (g - (g * soft).sum(dim=1, keepdim=True))  # row softmax
+        return _tokens_first(g, grad.shape), None, None
+
+
+def sinkhorn_reference(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS, eps: float = SINKHORN_EPS) -> torch.Tensor:
+    """Pure-PyTorch Sinkhorn-Knopp on the last two dims as one autograd node (`_Sinkhorn`):
+    equal to `sinkhorn_unrolled` to float rounding (forward and gradients; tests/model/test_sinkhorn.py)
+    without its graph: only the logits are saved."""
+    if iters < 0:
+        raise ValueError(f"sinkhorn_iters must be >= 0, got {iters}")
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits = logits.to(dtype)
+        if not (torch.is_grad_enabled() and logits.requires_grad):
+            return _tokens_first(_sinkhorn_iterates(_tokens_last(logits), iters, eps)[1][-1], logits.shape)
+        return _Sinkhorn.apply(logits, iters, eps)
 
 
 def _fused_sinkhorn():

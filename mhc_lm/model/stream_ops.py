@@ -30,35 +30,99 @@ def mhc_coefficients_reference(
     alpha: (3,) gates (a_pre, a_post, a_res).  bias: (2n + n*n,) = [b_pre | b_post | b_res (row-major n x n)].
     Returns H_pre = sigmoid(.), H_post = 2*sigmoid(.) (2*sigmoid applied after adding the bias),
     and the Sinkhorn logits H~_res (N, n, n) (Sinkhorn itself is a separate op).
+
+    Computed as the fused kernel does, in few ops and with tokens last: v phi = r (x phi) with
+    r = rsqrt(mean x^2 + eps), so no (N, nC) normalised copy of the stream is made or saved; the
+    gates are folded into phi (nC x K, small) and the projection is produced as (K, N), so the
+    three outputs are views of one (K, N) tensor and the logits are (n, n, N) memory, the layout
+    `sinkhorn` works in.
     """
     with torch.autocast(device_type=x_flat.device.type, enabled=False):
-        x32 = x_flat.float()
-        v = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)  # (N, nC) RMSNorm, no weight: phi absorbs it
-        proj = v @ phi.float()  # (N, 2n + n^2)
-        scale = torch.cat([alpha[0].expand(n), alpha[1].expand(n), alpha[2].expand(n * n)]).float()
-        pre_act = proj * scale + bias.float()  # H~ = a * (v phi) + b
-        h_pre = torch.sigmoid(pre_act[:, :n])  # (N, n)
-        h_post = 2.0 * torch.sigmoid(pre_act[:, n : 2 * n])  # (N, n)
-        h_res_logits = pre_act[:, 2 * n :].reshape(-1, n, n)  # (N, n, n), [i, j] = old i -> new j
+        x32 = x_flat.float()  # (N, nC)
+        K = phi.shape[1]
+        r = torch.rsqrt(x32.pow(2).mean(dim=-1) + eps)  # (N,) RMSNorm scale, no weight: phi absorbs it
+        gate = alpha.float()[_gate_index(n, alpha.device)]  # (K,) = [a_pre x n | a_post x n | a_res x n^2]
+        proj = torch.mm((phi.float() * gate).t(), x32.t())  # (K, N) = (a * phi)^T x^T
+        pre_act = torch.addcmul(bias.float().view(K, 1), proj, r.view(1, -1))  # H~ = a (v phi) + b, (K, N)
+        gates = torch.sigmoid(pre_act[: 2 * n])  # (2n, N)
+        h_pre = gates[:n].t()  # (N, n)
+        h_post = 2.0 * gates[n:].t()  # (N, n)
+        h_res_logits = pre_act[2 * n :].view(n, n, -1).permute(2, 0, 1)  # (N, n, n), [t, i, j] = old i -> new j
     return h_pre, h_post, h_res_logits
+
+
+_GATE_INDEX: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _gate_index(n: int, device: torch.device) -> torch.Tensor:
+    key = (n, str(device))
+    if key not in _GATE_INDEX:
+        _GATE_INDEX[key] = torch.tensor([0] * n + [1] * n + [2] * n * n, device=device)
+    return _GATE_INDEX[key]
 
 
 def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     """x (N, n, C), h_pre (N, n) fp32 -> (N, C) in x's dtype (accumulated in fp32).
 
-    Autocast is off inside: einsum runs as a bmm, which bf16 autocast would otherwise round
-    (the H matrices and the fp32 residual stream) to bf16 at every sub-layer."""
+    Autocast is off inside: the batched matmul would otherwise round the H matrices and the fp32
+    residual stream to bf16 at every sub-layer."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        out = torch.einsum("tn,tnc->tc", h_pre.float(), x.float())  # (N, C)
+        out = torch.bmm(h_pre.float().unsqueeze(1), x.float()).squeeze(1)  # (N, 1, n) @ (N, n, C) -> (N, C)
     return out.to(x.dtype)
 
 
 def post_res_reference(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor, h_post: torch.Tensor) -> torch.Tensor:
-    """x (N, n, C), f_out (N, C), h_res (N, n, n) [old i, new j], h_post (N, n) -> (N, n, C) in x's dtype."""
+    """x (N, n, C), f_out (N, C), h_res (N, n, n) [old i, new j], h_post (N, n) -> (N, n, C) in x's dtype.
+
+    Differentiable by autograd; the model uses `post_res` (same forward, an explicit backward)."""
     with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 mixing (see pre_mix_reference)
-        mixed = torch.einsum("tij,tic->tjc", h_res.float(), x.float())  # (N, n, C): new j = sum_i H[i, j] x_i
-        out = mixed + h_post.float().unsqueeze(-1) * f_out.float().unsqueeze(-2)  # (N, n, C)
+        mixed = torch.bmm(h_res.float().transpose(1, 2), x.float())  # (N, n, C): new j = sum_i H[i, j] x_i
+        out = torch.addcmul(mixed, h_post.float().unsqueeze(-1), f_out.float().unsqueeze(-2))  # + h_post[j] f
     return out.to(x.dtype)
+
+
+def post_res_backward_reference(x, f_out, h_res, h_post, grad):
+    """Gradients of `post_res_reference` for g = dL/d(out) (N, n, C), accumulated in fp32:
+    dx_i = sum_j H[i, j] g_j;  df = sum_j h_post[j] g_j;  dH[i, j] = <x_i, g_j>;  dh_post[j] = <g_j, f>."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        g32, x32, f32 = grad.float(), x.float(), f_out.float()
+        dx = torch.bmm(h_res.float(), g32)  # (N, n, n) @ (N, n, C)
+        df = torch.bmm(h_post.float().unsqueeze(1), g32).squeeze(1)  # (N, C)
+        dh_res = torch.bmm(x32, g32.transpose(1, 2))  # (N, n, C) @ (N, C, n) -> [t, i, j]
+        dh_post = torch.bmm(g32, f32.unsqueeze(-1)).squeeze(-1)  # (N, n)
+    return dx.to(x.dtype), df.to(f_out.dtype), dh_res.to(h_res.dtype), dh_post.to(h_post.dtype)
+
+
+class _PostRes(torch.autograd.Function):
+    """post + residual with an explicit backward. It saves the stream x, f (in F's own dtype:
+    bf16 under autocast, not an fp32 copy), H_res and H_post; or, when `stream` is given (block
+    recompute, `recompute.py`), no x at all: `stream.get()` rebuilds it in backward."""
+
+    @staticmethod
+    def forward(ctx, x, f_out, h_res, h_post, forward_fn, backward_fn, stream):
+        ctx.backward_fn, ctx.stream = backward_fn, stream
+        keep_x = stream is None or stream.stored
+        ctx.save_for_backward(x if keep_x else None, f_out, h_res, h_post)
+        if stream is not None:
+            stream.record_step(x, f_out, h_res, h_post, forward_fn)
+        return forward_fn(x, f_out, h_res, h_post)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, f_out, h_res, h_post = ctx.saved_tensors
+        if x is None:
+            x = ctx.stream.get()
+        if ctx.stream is not None:
+            ctx.stream.release_step()
+            ctx.stream = None
+        return (*ctx.backward_fn(x, f_out, h_res, h_post, grad), None, None, None)
+
+
+def post_res(x, f_out, h_res, h_post, forward_fn=post_res_reference, backward_fn=post_res_backward_reference,
+             stream=None) -> torch.Tensor:
+    """H_res x + H_post^T f as one autograd node: `forward_fn` / `backward_fn` are the reference
+    or the fused pair from `dispatch("post_res")`, `dispatch("post_res_backward")`."""
+    return _PostRes.apply(x, f_out, h_res, h_post, forward_fn, backward_fn, stream)
 
 
 def _fused(name: str):
@@ -73,12 +137,13 @@ _REFERENCE = {
     "mhc_coefficients": mhc_coefficients_reference,
     "pre_mix": pre_mix_reference,
     "post_res": post_res_reference,
+    "post_res_backward": post_res_backward_reference,
 }
 
 
 # Largest stream count each fused kernel is built for (register / shared-memory tiles of n x n
 # or 2n + n^2 per token); beyond it the reference runs.
-FUSED_MAX_STREAMS = {"mhc_coefficients": 8, "pre_mix": 8, "post_res": 8, "sinkhorn": 16}
+FUSED_MAX_STREAMS = {"mhc_coefficients": 8, "pre_mix": 8, "post_res": 8, "post_res_backward": 8, "sinkhorn": 16}
 
 
 def dispatch(name: str, fused: bool, device: torch.device, n_streams: int | None = None):

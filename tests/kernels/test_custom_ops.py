@@ -119,7 +119,7 @@ def test_model_with_fused_kernels_matches_reference(monkeypatch, mode):
     fused.load_state_dict(ref.state_dict())  # same state-dict layout either way
     ids = torch.randint(3, 61, (2, 11))
     out_r, out_f = ref(ids, labels=ids), fused(ids, labels=ids)
-    want = {"pre_mix", "post_res"} | ({"mhc_coefficients", "sinkhorn"} if mode == "mhc" else set())
+    want = {"pre_mix", "post_res", "post_res_backward"} | ({"mhc_coefficients", "sinkhorn"} if mode == "mhc" else set())
     assert set(calls) == want, calls
     out_r.loss.backward()
     out_f.loss.backward()

@@ -69,3 +69,46 @@ def test_orientation_hand_example_3x3():
     # a column scaling of exp(L) does not change the result, the fixed point is unique
     skew = base * torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64)
     assert torch.allclose(sinkhorn(skew.log(), iters=200, eps=0.0), base / 4, atol=1e-10)
+
+
+# ---- the one-node reference (`sinkhorn_reference`) against the unrolled loop (the oracle) ----
+from mhc_lm.model.sinkhorn import sinkhorn_reference, sinkhorn_unrolled  # noqa: E402
+
+
+@pytest.mark.parametrize("iters", [0, 1, 20])
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
+def test_one_node_equals_unrolled_forward_and_backward(iters, scale):
+    torch.manual_seed(4)
+    logits = (torch.randn(37, 4, 4, dtype=torch.float64) * scale).requires_grad_()
+    grad = torch.randn(37, 4, 4, dtype=torch.float64)
+    p, p_oracle = sinkhorn_reference(logits, iters), sinkhorn_unrolled(logits, iters)
+    torch.testing.assert_close(p, p_oracle, atol=1e-12, rtol=0)
+    (g,), (g_oracle,) = torch.autograd.grad(p, logits, grad), torch.autograd.grad(p_oracle, logits, grad)
+    torch.testing.assert_close(g, g_oracle, atol=1e-12, rtol=0)
+    x32 = logits.detach().float().requires_grad_()  # fp32, what the model runs: within 1e-6
+    p32, p32_oracle = sinkhorn_reference(x32, iters), sinkhorn_unrolled(x32, iters)
+    assert (p32 - p32_oracle).abs().max() <= 1e-6
+    (g32,), (g32_oracle,) = torch.autograd.grad(p32, x32, grad.float()), torch.autograd.grad(p32_oracle, x32, grad.float())
+    assert (g32 - g32_oracle).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("iters", [0, 1, 20])
+@pytest.mark.parametrize("scale", [1.0, 8.0])
+def test_one_node_gradcheck_float64(iters, scale):
+    torch.manual_seed(5)
+    logits = (torch.randn(3, 4, 4, dtype=torch.float64) * scale).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: sinkhorn_reference(x, iters), (logits,))
+
+
+def test_one_node_is_one_autograd_node_saving_only_the_logits():
+    logits = torch.randn(16, 4, 4, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        p = sinkhorn_reference(logits, 20)
+    assert type(p.grad_fn).__name__ == "_SinkhornBackward"
+    assert saved == [16 * 4 * 4]  # the logits (tokens-last copy) and nothing of the 20 iterations
+    assert p.grad_fn.next_functions[0][0] is not None  # connected to the logits' graph
+    with torch.no_grad():
+        assert sinkhorn_reference(logits, 20).grad_fn is None
+    under_autocast_and_bf16 = sinkhorn_reference(logits.bfloat16(), 3)
+    assert under_autocast_and_bf16.dtype == torch.float32
