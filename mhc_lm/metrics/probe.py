@@ -4,7 +4,8 @@ Shared by the online callback (`mhc_lm.metrics.callbacks`) and the offline check
 (`python -m evals.stability`), so both report the same quantities under the same names.
 
 One forward (with mixing matrices recorded and each decoder layer's output captured by a
-forward hook) and one backward via `torch.autograd.grad`, which returns gradients without
+forward hook) and one backward via `torch.autograd.grad` (the gradient at each layer output is
+read by a tensor hook and kept only as its RMS), which returns gradients without
 writing `.grad`: the training gradients and the optimizer are untouched, and DDP's
 gradient-reduction hooks (which sit on `.grad` accumulation) never fire. Run it on the
 unwrapped model (`trainer.unwrapped_model`); under FSDP pass the wrapped model as
@@ -111,8 +112,21 @@ def probe_model(
     if gradients:
         params = gradient_params(model, exclude)
         acts = [(i, o) for i, o in enumerate(outputs) if o is not None and o.requires_grad]
-        inputs = [p for _, p in params] + [o for _, o in acts]
-        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        # dLoss/d(layer output) is reduced to its RMS as backward produces it (a tensor hook), so
+        # the probe never holds the L activation-sized gradients at once
+        act_rms: dict[int, torch.Tensor] = {}
+
+        def rms_of(idx):
+            def hook(grad):
+                act_rms[idx] = grad.detach().float().pow(2).mean().sqrt()
+            return hook
+
+        handles = [o.register_hook(rms_of(i)) for i, o in acts]
+        try:
+            grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
         pgrads = [g if g is not None else torch.zeros_like(p) for g, (_, p) in zip(grads, params)]
         # also over the block F and embeddings only (no hc/mhc mixing parameters), so that the
         # modes are compared on the parameters they share: mHC's phi gradients are tiny by design.
@@ -126,9 +140,9 @@ def probe_model(
         half = counts.numel() // 2
         metrics.update(vanished_from_counts(counts[:half], eps))
         metrics.update(vanished_from_counts(counts[half:], eps, prefix="vanished_backbone", std_key="grad_std_backbone"))
-        for (i, _), g in zip(acts, grads[len(params):]):
-            if g is not None:
-                metrics[f"rms/grad/layer_{i:02d}"] = g.float().pow(2).mean().sqrt()
+        for i, _ in acts:
+            if i in act_rms:
+                metrics[f"rms/grad/layer_{i:02d}"] = act_rms[i]
         del grads, pgrads
 
     # one host sync for all tensor-valued entries
