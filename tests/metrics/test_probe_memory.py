@@ -108,3 +108,19 @@ def test_probe_peak_memory_at_most_a_training_step_on_gpu():
     step()  # warm-up (lazy allocations)
     train_peak, probe_peak = peak(step), peak(probe)
     assert probe_peak <= train_peak * 1.05, (probe_peak, train_peak)
+
+
+def test_layer_gradient_rms_matches_autograd():
+    """rms/grad/layer_XX (read by tensor hooks during the probe's backward) = RMS of
+    torch.autograd.grad(loss, layer output), computed here directly."""
+    model = tiny("mhc", layers=3)
+    batch = _ids(2, 16)
+    outs = []
+    handles = [layer.register_forward_hook(lambda m, a, out: outs.append(out)) for layer in model.model.layers]
+    loss = model(input_ids=batch["input_ids"], shift_labels=batch["labels"]).loss
+    for h in handles:
+        h.remove()
+    want = [g.pow(2).mean().sqrt().item() for g in torch.autograd.grad(loss, outs)]
+    got = probe_model(model, batch)
+    for i, w in enumerate(want):
+        assert got[f"rms/grad/layer_{i:02d}"] == pytest.approx(w, rel=1e-5), i
