@@ -4,13 +4,14 @@
 Under `"bf16": {"enabled": true}` the engine's module holds bf16 copies; the fp32 masters live in
 the optimizer, partitioned over the data-parallel ranks. Two checkpoint layouts exist:
 
-    zero_pp_rank_R_mp_rank_00_optim_states.pt        ZeRO-1/2/3 optimizer (any precision except
-                                                     bf16 at stage 1, or stage 0)
-    bf16_zero_pp_rank_R_mp_rank_00_optim_states.pt   BF16_Optimizer: DeepSpeed picks it for bf16 with
-                                                     ZeRO stage 0/1 (and fp32 gradient accumulation)
+    ZeRO optimizers (stage 1/2/3; any precision except bf16 at stage 0/1): the state records its
+        `zero_stage`; DeepSpeed's `zero_to_fp32` reads it.
+    BF16_Optimizer (DeepSpeed picks it for bf16 with ZeRO stage 0/1 and fp32 gradient
+        accumulation): no `zero_stage`; `zero_to_fp32` refuses it ("... is not a zero checkpoint"),
+        so it is read here.
 
-DeepSpeed's `zero_to_fp32` reads only the first ("... is not a zero checkpoint" for the second),
-so the second is read here. Its layout (deepspeed/runtime/bf16_optimizer.py): per parameter group,
+Under bf16 both name their files `bf16_zero_pp_rank_R_mp_rank_00_optim_states.pt`, so the layout
+is told by content. Its layout (deepspeed/runtime/bf16_optimizer.py): per parameter group,
 the trainable parameters are flattened in order into one vector, padded at the end to a multiple
 of the world size, and split into equal partitions; rank R saves partition R in fp32
 (`single_partition_of_fp32_groups`). Concatenating the ranks' partitions and slicing in the order
@@ -71,11 +72,21 @@ def bf16_optimizer_fp32_state_dict(ds_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def is_bf16_optimizer_checkpoint(ds_dir: Path) -> bool:
+    """True for the BF16_Optimizer layout. Told by content, not by name: ZeRO-2/3 under bf16 also
+    name their files `bf16_zero_pp_rank_*`, but their state records a `zero_stage`."""
+    files = [p for p in Path(ds_dir).iterdir() if _BF16_OPTIM.match(p.name)]
+    if not files:
+        return False
+    state = torch.load(min(files), map_location="cpu", weights_only=False, mmap=True)["optimizer_state_dict"]
+    return "zero_stage" not in state and "single_partition_of_fp32_groups" in state
+
+
 def zero_fp32_state_dict(ckpt: Path, tag: str = "pytorch_model") -> dict[str, torch.Tensor]:
     """Full fp32 state dict of an `accelerator.save_state` checkpoint written under DeepSpeed, from
     the optimizer's fp32 masters, whatever the ZeRO stage and optimizer layout."""
     ds_dir = Path(ckpt) / tag
-    if any(_BF16_OPTIM.match(p.name) for p in ds_dir.iterdir()):
+    if is_bf16_optimizer_checkpoint(ds_dir):
         return bf16_optimizer_fp32_state_dict(ds_dir)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

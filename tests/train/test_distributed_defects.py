@@ -89,6 +89,25 @@ def test_zero1_bf16_run_exports_fp32_masters_and_measures_updates_on_them(tmp_pa
     assert abs(bf16_view - want) > 0.2 * want  # what the module weights would have said
 
 
+@pytest.mark.slow
+def test_zero3_bf16_probe_at_step_0_and_export(tmp_path):
+    """ZeRO-3 + bf16 names its optimizer files `bf16_zero_pp_rank_*` too, but is a ZeRO layout: the
+    export goes through DeepSpeed's reader. The probe at step 0 runs on the unwrapped model (ZeRO-3
+    gathers parameters through hooks on the modules)."""
+    from safetensors.torch import load_file
+
+    from mhc_lm.train.ds_checkpoint import zero_fp32_state_dict
+
+    run_dir = tmp_path / "z3bf16"
+    launch("configs/accelerate/cpu_deepspeed_zero3_2proc.yaml", run_dir, tmp_path, [
+        "train.mixed_precision=bf16", "train.max_steps=2", "metrics.enabled=true", "metrics.probe_every=1"])
+    step0 = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 0]
+    assert step0 and "amax/fwd/composite" in step0[0] and math.isfinite(step0[0]["probe/loss"])
+    exported = load_file(str(run_dir / "hf" / "model.safetensors"))
+    masters = zero_fp32_state_dict(run_dir / "checkpoints" / "step_0000002")
+    assert all(torch.equal(exported[k], masters[k]) for k in exported)
+
+
 # ------------------------------------------------------------------ findings 2 and 5: FSDP on CPU
 def test_fsdp_probe_at_step_0_and_fp32_parameters_inside_forward(tmp_path):
     out = torchrun("fsdp", tmp_path)
