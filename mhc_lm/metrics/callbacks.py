@@ -176,8 +176,10 @@ class UpdateRatioCallback:
     """||delta theta|| / ||theta|| of the optimizer step that ends on each probe step.
 
     The parameters are copied at the end of the step before a probe step (one extra copy of the
-    trainable parameters held for one step, on their device) and compared after it. Skipped
-    when the parameters are partitioned (ZeRO-3 / FSDP: each rank holds a shard).
+    trainable parameters held for one step, on their device) and compared after it. Under
+    DeepSpeed ZeRO-1/2 the copy is of this rank's fp32 master fragments (the module holds bf16
+    copies under bf16) and the sums are all-reduced. Skipped when the parameters are partitioned
+    (ZeRO-3 / FSDP: each rank holds a shard).
     """
 
     def __init__(self, config: MetricsConfig, probe: ProbeCallback):
