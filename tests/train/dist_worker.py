@@ -196,7 +196,8 @@ def accelerate_fsdp(out_dir: Path) -> None:
     from mhc_lm.train.distributed import build_accelerator, shutdown
     from tests.train.helpers import tiny_config, toy_data
 
-    cfg = tiny_config(out_dir / "run", "mhc", train={"mixed_precision": "bf16", "max_steps": 2},
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = tiny_config(out_dir / "run", "mhc", train={"mixed_precision": "bf16", "max_steps": 2, "batch_size": 2 * world},
                       metrics={"enabled": True, "probe_every": 1})
     acc = build_accelerator(cfg)
     trainer = Trainer(cfg, data=toy_data(cfg, acc.process_index, acc.num_processes), accelerator=acc)
