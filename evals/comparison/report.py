@@ -13,7 +13,7 @@ from scipy import stats as scipy_stats
 
 from .load import Run
 from .stats import ALPHA, CONFIDENCE, POWER, format_p, pooled_sd, seeds_needed
-from .summary import BACKBONE_KEYS, EPS_KEYS, TESTED, spike_settings, used_values
+from .summary import BACKBONE_KEYS, EPS_KEYS, spike_settings, used_values
 
 MIN_SEEDS = 3  # fewer: a warning (the t-interval of 2 seeds is 12.7 standard errors wide on each side)
 TEST_NAMES = {"final_val_loss": "val loss", "loss_spikes": "loss spikes", "grad_norm_spikes": "grad-norm spikes",

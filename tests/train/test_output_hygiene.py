@@ -27,7 +27,7 @@ def test_uninformative_library_messages_are_dropped_and_others_kept(logger_name,
     assert message not in texts and len(texts) == 1  # the specific message only
 
 
-def test_the_filters_are_installed_once(monkeypatch):
+def test_the_filters_are_installed_once():
     from mhc_lm.train import quiet
 
     quiet.install()
