@@ -131,8 +131,9 @@ def stress_tables(runs: list[dict]) -> tuple[str, dict]:
              f"{r['wall_s'] / 60:.1f} min |" for r in rows]
     per_run = head + "\n".join(lines) + "\n"
     summary = {}
-    mhead = ("| mode | seeds | diverged | val loss | loss spikes | grad-norm spikes | max composite Amax fwd (mean over "
-             "tokens) | max grad norm | wall per run |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    mhead = ("| mode | seeds | diverged | val loss | loss spikes | grad-norm spikes "
+             "| max composite Amax fwd (mean over tokens) | max grad norm | wall per run |\n"
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     mlines = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
         g = [r for r in rows if r["mode"] == mode]
@@ -140,8 +141,9 @@ def stress_tables(runs: list[dict]) -> tuple[str, dict]:
         ok = [r for r in g if r["diverged_at"] is None]  # a diverged run's last eval is not a final loss
         summary[mode] = {"seeds": [r["seed"] for r in g], "diverged": {r["seed"]: r["diverged_at"] for r in div},
                          **{k: [r[k] for r in g] for k in g[0] if k not in ("mode", "seed")}}
+        at = f" ({', '.join('step %d' % r['diverged_at'] for r in div)})" if div else ""
         mlines.append(
-            f"| {mode} | {len(g)} | {len(div)}{' (' + ', '.join('step %d' % r['diverged_at'] for r in div) + ')' if div else ''} | "
+            f"| {mode} | {len(g)} | {len(div)}{at} | "
             f"{mean_sd([r['final_val_loss'] for r in ok], '.3f')} | {mean_sd([r['loss_spikes'] for r in g], '.2g')} | "
             f"{mean_sd([r['grad_norm_spikes'] for r in g], '.2g')} | {mean_sd([r['max_amax_fwd'] for r in g])} | "
             f"{mean_sd([r['max_grad_norm'] for r in g])} | {mean_sd([r['wall_s'] / 60 for r in g], '.2g')} min |")
@@ -206,10 +208,13 @@ def depth_row(run: dict) -> dict:
         "mode": run["mode"], "seed": run["seed"], "block_norm": run["block_norm"], "init_step": first,
         "final_step": final, "val_loss": last(run, "val_loss"), "diverged_at": run["diverged_at"],
         "init_first_last": float(p0[0] / p0[-1]), "final_first_last": float(p1[0] / p1[-1]),
+        # layers whose gradient RMS is under 1e-6 of the last layer's: they no longer learn from the loss
+        "init_dead_layers": int((p0 < 1e-6 * p0[-1]).sum()), "final_dead_layers": int((p1 < 1e-6 * p1[-1]).sum()),
         "init_profile": p0.tolist(), "final_profile": p1.tolist(),
         "vanished_init": [at[first].get(k, float("nan")) for k in EPS_KEYS],
         "vanished_final": [at[final].get(k, float("nan")) for k in EPS_KEYS],
-        "grad_std_init": at[first].get("grad_std", float("nan")), "grad_std_final": at[final].get("grad_std", float("nan")),
+        "grad_std_init": at[first].get("grad_std", float("nan")),
+        "grad_std_final": at[final].get("grad_std", float("nan")),
         "max_grad_norm": peak(run, "grad_norm"), "wall_s": run["wall_s"],
     }
 
@@ -220,21 +225,26 @@ def depth_tables(runs: list[dict]) -> tuple[str, dict]:
     head = ("| mode | seed | val loss | rms/grad layer 0 / last, init | same, end (step) | vanished % 1e-4 / 1e-5 / "
             "1e-6 / 1e-7, init | same, end | grad std init / end | diverged at | wall |\n"
             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n")
-    lines = [f"| {r['mode']} | {r['seed']} | {fmt(r['val_loss'], '.3f')} | {fmt(r['init_first_last'])} | "
-             f"{fmt(r['final_first_last'])} ({r['final_step']}) | {pct(r['vanished_init'])} | {pct(r['vanished_final'])} | "
+    lines = [f"| {r['mode']} | {r['seed']} | {fmt(r['val_loss'], '.3f')} | {fmt(r['init_first_last'], '.2g')} | "
+             f"{fmt(r['final_first_last'], '.2g')} ({r['final_step']}) | {pct(r['vanished_init'])} | "
+             f"{pct(r['vanished_final'])} | "
              f"{fmt(r['grad_std_init'])} / {fmt(r['grad_std_final'])} | "
              f"{'step %d' % r['diverged_at'] if r['diverged_at'] is not None else 'no'} | {r['wall_s'] / 60:.1f} min |"
              for r in rows]
-    mhead = ("| mode | seeds | val loss | rms/grad layer 0 / last, init | same, end | vanished % @1e-4, init | "
-             "@1e-4, end | @1e-6, end |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    mhead = ("| mode | seeds | val loss | rms/grad layer 0 / last, init (per seed) | same, end (per seed) "
+             "| layers with rms/grad < 1e-6 x last, init / end | vanished % @1e-4, init | @1e-4, end | @1e-7, end |\n"
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     mlines = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
         g = [r for r in rows if r["mode"] == mode]
         mlines.append(f"| {mode} | {len(g)} | {mean_sd([r['val_loss'] for r in g], '.3f')} | "
-                      f"{mean_sd([r['init_first_last'] for r in g])} | {mean_sd([r['final_first_last'] for r in g])} | "
+                      f"{', '.join(fmt(r['init_first_last'], '.2g') for r in g)} | "
+                      f"{', '.join(fmt(r['final_first_last'], '.2g') for r in g)} | "
+                      f"{mean_sd([r['init_dead_layers'] for r in g], '.3g')} / "
+                      f"{mean_sd([r['final_dead_layers'] for r in g], '.3g')} | "
                       f"{mean_sd([100 * r['vanished_init'][0] for r in g], '.1f')} | "
                       f"{mean_sd([100 * r['vanished_final'][0] for r in g], '.1f')} | "
-                      f"{mean_sd([100 * r['vanished_final'][2] for r in g], '.1f')} |")
+                      f"{mean_sd([100 * r['vanished_final'][3] for r in g], '.1f')} |")
     text = ("Per mode (mean ± sample std over seeds):\n\n" + mhead + "\n".join(mlines) + "\n\nPer run:\n\n"
             + head + "\n".join(lines) + "\n")
     return text, {"runs": rows}
@@ -250,7 +260,8 @@ def depth_figure(runs: list[dict], path: Path) -> None:
     for mode in dict.fromkeys(r["mode"] for r in rows):
         g = [r for r in rows if r["mode"] == mode]
         for key, ls, when in (("init_profile", "--", "init"), ("final_profile", "-", f"step {g[0]['final_step']}")):
-            prof = np.exp(np.mean([np.log(r[key]) for r in g], axis=0))  # geometric mean over seeds
+            # geometric mean over seeds; an exact zero (underflow) is drawn at the 1e-30 floor
+            prof = np.exp(np.mean([np.log(np.maximum(r[key], 1e-30)) for r in g], axis=0))
             ax.plot(np.arange(len(prof)), prof, ls, color=COLORS.get(mode, "k"), lw=1.2,
                     label=f"{mode} {g[0]['block_norm']}-norm, {when} ({len(g)} seeds)")
     ax.set_yscale("log")
@@ -264,7 +275,8 @@ def depth_figure(runs: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------- init
-def init_ratio(block_norm: str, mode: str, seed: int, layers: int, initializer_range: float, grid_size: int = 4) -> float:
+def init_ratio(block_norm: str, mode: str, seed: int, layers: int, initializer_range: float,
+               grid_size: int = 4) -> float:
     """rms/grad layer 0 / layer `layers - 1` at init of a thin stack on a random token batch (the probe's metric)."""
     import torch
 
@@ -298,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="*", type=Path)
     parser.add_argument("--layers", type=int, default=64, help="init: depth (a multiple of 16 for the 4 x 4 grid)")
     parser.add_argument("--seeds", type=int, default=4, help="init: seeds 0..N-1")
-    parser.add_argument("--init-range", type=float, nargs="+", default=[0.02, 0.2], help="init: initializer_range values")
+    parser.add_argument("--init-range", type=float, nargs="+", default=[0.02, 0.2],
+                        help="init: initializer_range values")
     parser.add_argument("--out", type=Path, default=None, help="folder for PREFIX.md, PREFIX.json, PREFIX.png")
     parser.add_argument("--prefix", default=None, help="file name stem (default: the kind)")
     args = parser.parse_args(argv)

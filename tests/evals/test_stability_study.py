@@ -34,7 +34,8 @@ def test_diverged_run_is_listed_with_its_step(runs, tmp_path):
     assert "| hc | 2 | 1 (step 2) |" in text  # the mode summary counts it
     assert "| step 2 |" in text  # and its own row says when
     assert data["modes"]["hc"]["diverged"] == {2: 2}
-    assert main(["stress", str(runs / "hc_ok"), str(runs / "hc_diverged"), "--out", str(tmp_path), "--prefix", "s"]) == 0
+    args = ["stress", str(runs / "hc_ok"), str(runs / "hc_diverged"), "--out", str(tmp_path), "--prefix", "s"]
+    assert main(args) == 0
     assert (tmp_path / "s.png").stat().st_size > 5_000
     assert json.loads((tmp_path / "s.json").read_text())["runs"][1]["diverged_at"] == 2
 
