@@ -40,7 +40,9 @@ def mhc_coefficients_reference(
     with torch.autocast(device_type=x_flat.device.type, enabled=False):
         x32 = x_flat.float()  # (N, nC)
         K = phi.shape[1]
-        r = torch.rsqrt(x32.pow(2).mean(dim=-1) + eps)  # (N,) RMSNorm scale, no weight: phi absorbs it
+        # RMSNorm scale, no weight (phi absorbs it); one norm op: its backward is one pass over x,
+        # where pow + mean took five (N, nC) passes
+        r = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1).square() / x32.shape[-1] + eps)  # (N,)
         gate = alpha.float()[_gate_index(n, alpha.device)]  # (K,) = [a_pre x n | a_post x n | a_res x n^2]
         proj = torch.mm((phi.float() * gate).t(), x32.t())  # (K, N) = (a * phi)^T x^T
         pre_act = torch.addcmul(bias.float().view(K, 1), proj, r.view(1, -1))  # H~ = a (v phi) + b, (K, N)
@@ -67,7 +69,8 @@ def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
     Autocast is off inside: the batched matmul would otherwise round the H matrices and the fp32
     residual stream to bf16 at every sub-layer."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        out = torch.bmm(h_pre.float().unsqueeze(1), x.float()).squeeze(1)  # (N, 1, n) @ (N, n, C) -> (N, C)
+        # contiguous coefficients: CPU bmm loops over the batch, one copy per token, on strided ones
+        out = torch.bmm(h_pre.float().contiguous().unsqueeze(1), x.float()).squeeze(1)  # (N, 1, n) @ (N, n, C)
     return out.to(x.dtype)
 
 
@@ -76,7 +79,8 @@ def post_res_reference(x: torch.Tensor, f_out: torch.Tensor, h_res: torch.Tensor
 
     Differentiable by autograd; the model uses `post_res` (same forward, an explicit backward)."""
     with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 mixing (see pre_mix_reference)
-        mixed = torch.bmm(h_res.float().transpose(1, 2), x.float())  # (N, n, C): new j = sum_i H[i, j] x_i
+        h_t = h_res.float().transpose(1, 2).contiguous()  # (N, n, n) [j, i], contiguous (see pre_mix_reference)
+        mixed = torch.bmm(h_t, x.float())  # (N, n, C): new j = sum_i H[i, j] x_i
         out = torch.addcmul(mixed, h_post.float().unsqueeze(-1), f_out.float().unsqueeze(-2))  # + h_post[j] f
     return out.to(x.dtype)
 
@@ -86,8 +90,8 @@ def post_res_backward_reference(x, f_out, h_res, h_post, grad):
     dx_i = sum_j H[i, j] g_j;  df = sum_j h_post[j] g_j;  dH[i, j] = <x_i, g_j>;  dh_post[j] = <g_j, f>."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         g32, x32, f32 = grad.float(), x.float(), f_out.float()
-        dx = torch.bmm(h_res.float(), g32)  # (N, n, n) @ (N, n, C)
-        df = torch.bmm(h_post.float().unsqueeze(1), g32).squeeze(1)  # (N, C)
+        dx = torch.bmm(h_res.float().contiguous(), g32)  # (N, n, n) @ (N, n, C)
+        df = torch.bmm(h_post.float().contiguous().unsqueeze(1), g32).squeeze(1)  # (N, C)
         dh_res = torch.bmm(x32, g32.transpose(1, 2))  # (N, n, C) @ (N, C, n) -> [t, i, j]
         dh_post = torch.bmm(g32, f32.unsqueeze(-1)).squeeze(-1)  # (N, n)
     return dx.to(x.dtype), df.to(f_out.dtype), dh_res.to(h_res.dtype), dh_post.to(h_post.dtype)
