@@ -43,7 +43,8 @@ def mhc_coefficients_reference(
         # RMSNorm scale, no weight (phi absorbs it); one norm op: its backward is one pass over x,
         # where pow + mean took five (N, nC) passes
         r = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1).square() / x32.shape[-1] + eps)  # (N,)
-        gate = alpha.float()[_gate_index(n, alpha.device)]  # (K,) = [a_pre x n | a_post x n | a_res x n^2]
+        a = alpha.float()
+        gate = torch.cat([a[0:1].expand(n), a[1:2].expand(n), a[2:3].expand(n * n)])  # (K,) [a_pre | a_post | a_res]
         proj = torch.mm((phi.float() * gate).t(), x32.t())  # (K, N) = (a * phi)^T x^T
         pre_act = torch.addcmul(bias.float().view(K, 1), proj, r.view(1, -1))  # H~ = a (v phi) + b, (K, N)
         gates = torch.sigmoid(pre_act[: 2 * n])  # (2n, N)
@@ -51,16 +52,6 @@ def mhc_coefficients_reference(
         h_post = 2.0 * gates[n:].t()  # (N, n)
         h_res_logits = pre_act[2 * n :].view(n, n, -1).permute(2, 0, 1)  # (N, n, n), [t, i, j] = old i -> new j
     return h_pre, h_post, h_res_logits
-
-
-_GATE_INDEX: dict[tuple[int, str], torch.Tensor] = {}
-
-
-def _gate_index(n: int, device: torch.device) -> torch.Tensor:
-    key = (n, str(device))
-    if key not in _GATE_INDEX:
-        _GATE_INDEX[key] = torch.tensor([0] * n + [1] * n + [2] * n * n, device=device)
-    return _GATE_INDEX[key]
 
 
 def pre_mix_reference(x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
