@@ -8,9 +8,11 @@ For every mode (standard, hc, mhc, grid) and recompute setting (none, sublayer, 
 prints the activation bytes kept for backward, per token per layer, and the ratio to standard.
 
 Method 1 (saved tensors): `torch.autograd.graph.saved_tensors_hooks` around one forward; the
-bytes of every saved tensor's storage, deduplicated by storage, parameters excluded.
+bytes of every saved tensor's storage, deduplicated by storage, parameters and autocast's bf16
+copies of them excluded (weights, not activations: they do not grow with the tokens).
 Method 2 (live memory, the cross-check): the profiler's allocator events (`profile_memory`)
-over one forward with the graph alive, minus the same forward under `no_grad` (outputs only).
+over one forward with the graph alive, minus the same forward under `no_grad` (outputs only),
+taken at T and T/2 tokens: 2 (M(T) - M(T/2)) keeps the part that grows with the tokens.
 It counts what the graph keeps alive by any route, including what saved-tensor hooks cannot see
 (what `torch.utils.checkpoint` keeps, Python references held by autograd nodes).
 
@@ -74,14 +76,34 @@ def _batch(model, shape, device):
     return torch.randint(0, model.config.vocab_size, (shape["batch"], shape["seq"] + 1), generator=g).to(device)
 
 
+def is_parameter_copy(t: torch.Tensor, params: set[int]) -> bool:
+    """A parameter, or autocast's bf16 copy of one (a view / cast chain ending at its leaf): weights,
+    not activations, and independent of the tokens (autocast keeps those copies alive anyway)."""
+    if t.untyped_storage().data_ptr() in params:
+        return True
+    fn = t.grad_fn
+    for _ in range(4):
+        if fn is None or not fn.next_functions:
+            return False
+        name = type(fn).__name__
+        if not (name.startswith("ToCopy") or name.startswith("T") or "View" in name or name.startswith("Transpose")):
+            return False
+        fn = fn.next_functions[0][0]
+        variable = getattr(fn, "variable", None)
+        if variable is not None:
+            return variable.untyped_storage().data_ptr() in params
+    return False
+
+
 def saved_bytes(model, ids, bf16: bool) -> int:
-    """Method 1: storages of the saved tensors of one forward, deduplicated, parameters excluded."""
+    """Method 1: storages of the saved tensors of one forward, deduplicated, parameters (and their
+    autocast copies) excluded."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
     def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
+        if not is_parameter_copy(t, params):
+            s = t.untyped_storage()
             seen[s.data_ptr()] = s.nbytes()
         return t
 
@@ -105,7 +127,21 @@ def live_bytes(model, ids, bf16: bool) -> int:
         del out
         return total
 
-    return net(True) - net(False)
+    def graph(x) -> int:
+        return net_of(x, True) - net_of(x, False)
+
+    def net_of(x, grad):
+        nonlocal ids
+        ids, keep = x, ids
+        try:
+            return net(grad)
+        finally:
+            ids = keep
+
+    # token-linear part only: 2 (M(T) - M(T/2)) drops what does not scale with the tokens
+    # (autocast's bf16 weight copies, which the graph keeps alive under bf16)
+    half = ids[:, : ids.shape[1] // 2 + 1]
+    return 2 * (graph(ids) - graph(half))
 
 
 def cuda_step_peak(shape, mode, recompute, bf16: bool) -> int:
