@@ -199,6 +199,8 @@ class MhcLmPreTrainedModel(PreTrainedModel):
                 init.copy_(getattr(module, name), value)
         elif isinstance(module, ManifoldHyperConnection):
             init.normal_(module.phi, mean=0.0, std=module.phi_std)
+            if module.h_res_map.zero_projection_init:  # orthogonal map: phi_res = 0, H_res = I (docs/manifolds.md)
+                init.copy_(module.phi, module.phi_at_init())
             init.constant_(module.alpha, module.gate_init)
             init.copy_(module.bias, module.init_bias())
 

@@ -2,13 +2,19 @@
 
     x_l (n x C) ─┬─ flatten ─► RMSNorm ─► v ─┬─ a_pre  v phi_pre  + b_pre  ─ sigmoid   ─► H_pre
                  │                            ├─ a_post v phi_post + b_post ─ 2*sigmoid ─► H_post
-                 │                            └─ a_res  v phi_res  + b_res  ─ Sinkhorn  ─► H_res
+                 │                            └─ a_res  v phi_res  + b_res  ─ H_res map ─► H_res
                  ├─ H_pre x_l ─► norm ─► F ─► f
                  └─ H_res x_l  +  H_post^T f ─────────────────────────────────────────► x_{l+1}
 
     x_{l+1} = H_res x_l + H_post^T F(H_pre x_l)
 
-H_res is doubly stochastic (Sinkhorn-Knopp, `sinkhorn_iters` iterations), so every new stream
+The H_res map is `config.h_res_map` (`h_res_maps.py`, docs/manifolds.md): it sets the width K of
+phi_res / b_res (n^2 for the default "sinkhorn") and turns the K logits into H_res with one call.
+The fused coefficient kernel is built for Sinkhorn's n^2 logits only: with any other map the
+coefficients always run the reference projection (`stream_ops.mhc_coefficients_reference`),
+fused or not; the fused pre-mix and post + residual kernels take any H_res.
+
+With "sinkhorn", H_res is doubly stochastic (`sinkhorn_iters` iterations), so every new stream
 is a convex combination of the old ones: new j = sum_i H_res[i, j] x_l[i] (the last Sinkhorn
 normalisation is over i). Products of doubly stochastic matrices stay doubly stochastic, which
 bounds the composite gain over depth (the paper's fix for HC's instability).
@@ -17,7 +23,9 @@ Init ("uniform", default, as Megatron-LM and the DeepSeek-V4 port): b = 0, gates
 phi ~ N(0, 0.02): H_pre ~ 0.5, H_post ~ 1, H_res ~ 1/n. Streams start as identical copies of
 the embedding, which any doubly stochastic H_res maps to themselves, so the network is a
 Pre-Norm Transformer at init. "identity": b_res = 6I - 3, b_pre = +3 on the home stream
-(k mod n) and -3 elsewhere; neither saturates any sigmoid or the Sinkhorn.
+(k mod n) and -3 elsewhere; neither saturates any sigmoid or the Sinkhorn. Other maps: b_res =
+`map.init_bias(n, mhc_init)`; maps with `zero_projection_init` (orthogonal) also start phi_res
+at 0 (`phi_at_init`), so H_res = I exactly and the model is Pre-Norm at init for every map.
 All coefficients (a, b, H, Sinkhorn) are fp32 regardless of autocast.
 """
 
@@ -28,8 +36,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .h_res_maps import get_h_res_map
 from .recompute import mix_in, stream_of
-from .sinkhorn import sinkhorn
 from .stream_ops import dispatch, post_res
 
 
@@ -47,20 +55,30 @@ class ManifoldHyperConnection(nn.Module):
         self.init = config.mhc_init
         self.gate_init = config.mhc_gate_init
         self.phi_std = config.initializer_range
-        self.phi = nn.Parameter(torch.zeros(n * C, 2 * n + n * n))  # [phi_pre | phi_post | phi_res]
+        self.h_res_map = get_h_res_map(getattr(config, "h_res_map", "sinkhorn"))
+        self.h_res_map.validate(n)
+        K = self.h_res_map.num_outputs(n)  # logits of the H_res map (n^2 for sinkhorn)
+        self.phi = nn.Parameter(torch.zeros(n * C, 2 * n + K))  # [phi_pre | phi_post | phi_res]
         self.alpha = nn.Parameter(torch.zeros(3))  # gates (a_pre, a_post, a_res)
-        self.bias = nn.Parameter(torch.zeros(2 * n + n * n))  # [b_pre | b_post | b_res row-major]
+        self.bias = nn.Parameter(torch.zeros(2 * n + K))  # [b_pre | b_post | b_res (sinkhorn: row-major n x n)]
         self.record_mixing = False
         self.last_mixing: torch.Tensor | None = None
 
     def init_bias(self) -> torch.Tensor:
         n = self.n_streams
-        b_pre, b_post, b_res = torch.zeros(n), torch.zeros(n), torch.zeros(n, n)
+        b_pre, b_post = torch.zeros(n), torch.zeros(n)
         if self.init == "identity":
             b_pre = torch.full((n,), -3.0)
             b_pre[self.sublayer_idx % n] = 3.0
-            b_res = 6.0 * torch.eye(n) - 3.0
-        return torch.cat([b_pre, b_post, b_res.flatten()])
+        return torch.cat([b_pre, b_post, self.h_res_map.init_bias(n, self.init)])  # sinkhorn: 0 or 6I - 3
+
+    def phi_at_init(self) -> torch.Tensor:
+        """phi after its normal draw, with the H_res columns zeroed when the map needs the dynamic
+        part exactly 0 at init (`zero_projection_init`: orthogonal, S = 0, H_res = I)."""
+        phi = self.phi.detach().clone()
+        if self.h_res_map.zero_projection_init:
+            phi[:, 2 * self.n_streams:] = 0.0
+        return phi
 
     def coefficients(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """xs (N, n, C) -> H_pre (N, n), H_post (N, n), H_res (N, n, n) [old i, new j], fp32."""
@@ -68,9 +86,12 @@ class ManifoldHyperConnection(nn.Module):
 
     def _coefficients(self, xs, phi, alpha, bias):
         N, n, C = xs.shape
-        project = dispatch("mhc_coefficients", self.fused, xs.device, self.n_streams)
+        # the fused coefficient kernel knows Sinkhorn's n^2 logits only: other maps take the reference
+        fused_coefficients = self.fused and self.h_res_map.name == "sinkhorn"
+        project = dispatch("mhc_coefficients", fused_coefficients, xs.device, self.n_streams)
         h_pre, h_post, logits = project(xs.reshape(N, n * C), phi, alpha, bias, n, self.eps)
-        h_res = sinkhorn(logits, self.sinkhorn_iters, fused=self.fused)  # the H_res map: one call on the logits
+        # the H_res map: one call on the flat logits (N, K); for sinkhorn's (N, n, n) a view, no copy
+        h_res = self.h_res_map(logits.reshape(N, -1), n, sinkhorn_iters=self.sinkhorn_iters, fused=self.fused)
         return h_pre, h_post, h_res
 
     def _mix_in(self, xs, phi, alpha, bias):

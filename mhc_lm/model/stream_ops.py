@@ -26,10 +26,11 @@ def mhc_coefficients_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token mHC coefficients, all in fp32.
 
-    x_flat: (N, n*C) residual stream, any dtype.  phi: (n*C, 2n + n*n) = [phi_pre | phi_post | phi_res].
-    alpha: (3,) gates (a_pre, a_post, a_res).  bias: (2n + n*n,) = [b_pre | b_post | b_res (row-major n x n)].
+    x_flat: (N, n*C) residual stream, any dtype.  phi: (n*C, 2n + K) = [phi_pre | phi_post | phi_res],
+    K = n*n for the sinkhorn map, else the map's `num_outputs(n)`.
+    alpha: (3,) gates (a_pre, a_post, a_res).  bias: (2n + K,) = [b_pre | b_post | b_res (sinkhorn: row-major n x n)].
     Returns H_pre = sigmoid(.), H_post = 2*sigmoid(.) (2*sigmoid applied after adding the bias),
-    and the Sinkhorn logits H~_res (N, n, n) (Sinkhorn itself is a separate op).
+    and the H_res logits H~_res: (N, n, n) when K = n*n (Sinkhorn, a separate op), else (N, K).
 
     Computed as the fused kernel does, in few ops and with tokens last: v phi = r (x phi) with
     r = rsqrt(mean x^2 + eps), so no (N, nC) normalised copy of the stream is made or saved; the
@@ -44,13 +45,17 @@ def mhc_coefficients_reference(
         # where pow + mean took five (N, nC) passes
         r = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1).square() / x32.shape[-1] + eps)  # (N,)
         a = alpha.float()
-        gate = torch.cat([a[0:1].expand(n), a[1:2].expand(n), a[2:3].expand(n * n)])  # (K,) [a_pre | a_post | a_res]
+        k_res = K - 2 * n  # logits of the H_res map: n^2 for sinkhorn (`h_res_maps.py`)
+        gate = torch.cat([a[0:1].expand(n), a[1:2].expand(n), a[2:3].expand(k_res)])  # (K,) [a_pre | a_post | a_res]
         proj = torch.mm((phi.float() * gate).t(), x32.t())  # (K, N) = (a * phi)^T x^T
         pre_act = torch.addcmul(bias.float().view(K, 1), proj, r.view(1, -1))  # H~ = a (v phi) + b, (K, N)
         gates = torch.sigmoid(pre_act[: 2 * n])  # (2n, N)
         h_pre = gates[:n].t()  # (N, n)
         h_post = 2.0 * gates[n:].t()  # (N, n)
-        h_res_logits = pre_act[2 * n :].view(n, n, -1).permute(2, 0, 1)  # (N, n, n), [t, i, j] = old i -> new j
+        if k_res == n * n:  # sinkhorn: (N, n, n), [t, i, j] = old i -> new j
+            h_res_logits = pre_act[2 * n :].view(n, n, -1).permute(2, 0, 1)
+        else:  # any other H_res map: flat (N, K - 2n), the map's own layout
+            h_res_logits = pre_act[2 * n :].t()
     return h_pre, h_post, h_res_logits
 
 
