@@ -11,6 +11,13 @@ The composite over depth is M_L @ ... @ M_1 (forward order). A standard residual
 gain 1. For mHC every M is doubly stochastic (Sinkhorn-Knopp), so is any product, and both gains
 are 1 up to the Sinkhorn tolerance; HC's unconstrained A_r lets the composite grow geometrically
 (the mHC paper measures ~3000 in a 27B model).
+
+    spectral      = ||M||_2, the largest singular value (`torch.linalg.matrix_norm(M, ord=2)`)
+
+Amax bounds the gain of a DS product; for an orthogonal H_res (`h_res_map: orthogonal`) the
+entries can be negative and Amax is not bounded, but the composite of orthogonal matrices is
+orthogonal: its spectral norm is exactly 1, the gain that matters there. For DS matrices
+||M||_2 <= sqrt(||M||_1 ||M||_inf) = 1; for HC it can grow like Amax.
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ def composite(mats: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def spectral_norm(m: torch.Tensor) -> torch.Tensor:
+    """m (..., n, n) -> largest singular value (...), computed in fp64."""
+    return torch.linalg.matrix_norm(m.double(), ord=2)
+
+
 def gain_summary(m: torch.Tensor) -> dict[str, float]:
     """Gains of m (..., n, n) reduced over all leading (token) dims: mean and max of each."""
     fwd, bwd = amax_gain(m)
@@ -60,6 +72,7 @@ def mixing_amax_metrics(per_sublayer: Sequence[torch.Tensor], sublayers_per_laye
     layer applies to the residual stream; per sub-layer (`sublayer_XX`, attention = 2k, MLP =
     2k + 1) that of the single matrix H_res / A_r, the mHC paper's "single-layer" gain. Token
     reduction: mean over the probe batch's tokens; the composite also logs the max over tokens.
+    `spectral/composite[_max]`: the spectral norm of the whole composite, mean (max) over tokens.
     """
     out: dict[str, float] = {}
     if not per_sublayer:
@@ -75,7 +88,10 @@ def mixing_amax_metrics(per_sublayer: Sequence[torch.Tensor], sublayers_per_laye
         g = gain_summary(composite(mats))
         out[f"amax/fwd/layer_{layer:02d}"] = g["fwd"]
         out[f"amax/bwd/layer_{layer:02d}"] = g["bwd"]
-    g = gain_summary(composite(per_sublayer))
+    total = composite(per_sublayer)
+    g = gain_summary(total)
+    spec = spectral_norm(total)
+    out.update({"spectral/composite": spec.mean().item(), "spectral/composite_max": spec.max().item()})
     out.update({"amax/fwd/composite": g["fwd"], "amax/bwd/composite": g["bwd"],
                 "amax/fwd/composite_max": g["fwd_max"], "amax/bwd/composite_max": g["bwd_max"],
                 "amax/inf_norm/composite": g["inf_norm"]})

@@ -4,7 +4,7 @@
         spike/loss, spike/loss_count, spike/loss_score, spike/loss_z,
         spike/grad_norm, spike/grad_norm_count, spike/grad_norm_score, loss_volatility
     ProbeCallback: every `probe_every` steps (and at the last step), on `trainer.probe_batch`
-        amax/..., rms/act/..., rms/grad/..., vanished/..., grad_std, probe/loss
+        amax/..., spectral/composite[_max], rms/act/..., rms/grad/..., vanished/..., grad_std, probe/loss
     UpdateRatioCallback: on the same steps, the update/parameter ratio of that step's update
         update_ratio/layer_XX, update_ratio/other, update_ratio/global
 

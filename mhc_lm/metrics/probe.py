@@ -19,6 +19,7 @@ more activations than a training micro-batch of the same shape.
 
 Names (see docs/stability.md):
     amax/{fwd,bwd}/layer_XX, amax/{fwd,bwd}/composite[_max], amax/inf_norm/composite
+    spectral/composite[_max]   spectral norm of the composite mixing (the gain of orthogonal maps)
     rms/act/layer_XX   RMS of the residual stream after layer XX (all n streams for hc/mhc)
     rms/grad/layer_XX  RMS of dLoss/d(residual stream after layer XX)
     vanished/1e-04 ... vanished/1e-07, grad_std, probe/loss
@@ -103,7 +104,7 @@ def probe_model(
         if mats and all(m is not None for m in mats):
             metrics.update(mixing_amax_metrics(mats))
         elif not mixers:  # standard / grid: the residual is the identity (grid merges are means: row sums 1)
-            metrics.update({"amax/fwd/composite": 1.0, "amax/bwd/composite": 1.0})
+            metrics.update({"amax/fwd/composite": 1.0, "amax/bwd/composite": 1.0, "spectral/composite": 1.0})
 
     for i, out in enumerate(outputs):
         if out is not None:

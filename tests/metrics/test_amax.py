@@ -64,3 +64,47 @@ def test_mixing_metrics_names_and_layer_grouping():
     assert out["amax/fwd/composite"] == fwd.item() and out["amax/bwd/composite"] == bwd.item()
     with pytest.raises(ValueError, match="multiple"):
         mixing_amax_metrics([a, b, a])
+
+
+def test_spectral_composite_per_manifold():
+    """spectral/composite: 1 for orthogonal maps and their products (Amax is not), <= 1 for DS maps,
+    large for HC's unconstrained matrices."""
+    from mhc_lm.metrics.amax import spectral_norm
+    from mhc_lm.model.h_res_maps import H_RES_MAPS
+
+    g = torch.Generator().manual_seed(0)
+    n, L = 4, 16
+    ortho = [H_RES_MAPS["orthogonal"](3 * torch.randn(5, 6, generator=g), n).transpose(-1, -2) for _ in range(L)]
+    out = mixing_amax_metrics([q.reshape(1, 5, n, n) for q in ortho])
+    assert out["spectral/composite"] == pytest.approx(1.0, abs=1e-6)
+    assert out["spectral/composite_max"] == pytest.approx(1.0, abs=1e-6)
+    assert out["amax/fwd/composite_max"] > 1.05  # negative entries: Amax says nothing about the gain here
+    for name in ("sinkhorn", "permutation", "kronecker", "orthostochastic"):
+        K = H_RES_MAPS[name].num_outputs(n)
+        mats = [H_RES_MAPS[name](3 * torch.randn(5, K, generator=g), n).transpose(-1, -2).reshape(1, 5, n, n)
+                for _ in range(L)]
+        out = mixing_amax_metrics(mats)
+        tol = 1e-3 if H_RES_MAPS[name].iterative else 1e-5  # sinkhorn: rows sum to 1 only to its tolerance
+        assert 0.0 < out["spectral/composite"] <= out["spectral/composite_max"] <= 1.0 + tol, name
+    torch.testing.assert_close(spectral_norm(torch.diag(torch.tensor([3.0, -5.0, 1.0]))), torch.tensor(5.0, dtype=torch.float64))
+    hc = [torch.eye(n) + 0.3 * torch.rand(n, n, generator=g) for _ in range(L)]  # HC-like: positive, row sums > 1
+    assert mixing_amax_metrics([m.expand(1, 2, n, n) for m in hc])["spectral/composite"] > 100.0
+
+
+@pytest.mark.parametrize("h_res_map", ["orthogonal", "kronecker"])
+def test_probe_reports_spectral_composite(h_res_map):
+    from mhc_lm.metrics.probe import probe_model
+
+    from .helpers import batch, tiny
+
+    model = tiny("mhc", layers=2, n_streams=4, h_res_map=h_res_map)
+    with torch.no_grad():  # off the init (orthogonal: H_res = I there)
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    metrics = probe_model(model.eval(), batch(), gradients=False)
+    if h_res_map == "orthogonal":
+        assert metrics["spectral/composite"] == pytest.approx(1.0, abs=1e-5)
+        assert metrics["amax/fwd/composite_max"] != pytest.approx(1.0, abs=1e-3)
+    else:
+        assert metrics["spectral/composite_max"] <= 1.0 + 1e-5
+    assert tiny("standard") and probe_model(tiny("standard").eval(), batch(), gradients=False)["spectral/composite"] == 1.0
