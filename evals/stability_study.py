@@ -3,6 +3,7 @@
     python -m evals.stability_study stress runs/stress_cpu/*_seed* --out docs/figures --prefix stress
     python -m evals.stability_study depth runs/post_depth64/*_seed* --out docs/figures --prefix post_depth64
     python -m evals.stability_study init --layers 64 --seeds 4 --init-range 0.02 0.2
+    python -m evals.stability_study unigram data_cache/tiny_sotu_4k
 
 Reads each run's config.yaml, metrics.jsonl and DIVERGED note (written by the trainer when the loss
 or gradient norm became non-finite; launch/pretrain.py then exits with status 3 and the sweep goes
@@ -18,6 +19,8 @@ vanished ratios at init and at the end; figure PREFIX.png: the per-layer profile
 over seeds. Prints markdown; --out also writes PREFIX.md and PREFIX.json there.
 `init` (no runs): the depth profile at init of a thin stack (hidden 32, 2 heads, random tokens) for
 pre/post-norm x standard/grid, per seed and initializer_range: rms/grad layer 0 / last layer.
+`unigram PREPARED_DIR`: the cross-entropy on the validation split of the unigram distribution of the
+training split (add-0.5 smoothing): the loss of a model that ignores its input.
 
 Wall time is the span from config.yaml (written when the run starts) to the last metrics.jsonl
 write: training, probes and evaluation, not the final export.
@@ -304,9 +307,18 @@ def init_table(layers: int, seeds: int, ranges: list[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unigram_loss(prepared: Path) -> float:
+    from mhc_lm.data import PackedTokens
+
+    train, val = (np.concatenate([np.asarray(a) for a in PackedTokens(prepared, split=split).arrays])
+                  for split in ("train", "val"))
+    counts = np.bincount(train, minlength=int(max(train.max(), val.max())) + 1).astype(np.float64) + 0.5
+    return float(-np.log(counts[val] / counts.sum()).mean())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=("stress", "depth", "init"))
+    parser.add_argument("kind", choices=("stress", "depth", "init", "unigram"))
     parser.add_argument("run_dirs", nargs="*", type=Path)
     parser.add_argument("--layers", type=int, default=64, help="init: depth (a multiple of 16 for the 4 x 4 grid)")
     parser.add_argument("--seeds", type=int, default=4, help="init: seeds 0..N-1")
@@ -317,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.kind == "init":
         print(init_table(args.layers, args.seeds, args.init_range))
+        return 0
+    if args.kind == "unigram":
+        for d in args.run_dirs:
+            print(f"{d}: unigram cross-entropy on val = {unigram_loss(d):.4f}")
         return 0
     if not args.run_dirs:
         parser.error(f"{args.kind}: give the run directories")
