@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .recompute import mix_in, stream_of
-from .stream_ops import dispatch, post_res, rms_norm
+from .stream_ops import dispatch, post_res
 
 
 class HyperConnection(nn.Module):
@@ -94,8 +94,12 @@ class HyperConnection(nn.Module):
         b = beta.float().expand(N, n)
         if self.dynamic:
             with torch.autocast(device_type=x.device.type, enabled=False):
-                h_bar = rms_norm(x.float(), norm_weight, self.eps)  # (N, n, C)
-                d = torch.tanh(h_bar @ proj.float())  # (N, n, n + 2): row i from stream i
+                # H_bar W = r (x (w * W)) with r = rsqrt(mean_c x^2 + eps) per token and stream: the same
+                # product without the normalised (N, n, C) copy of the stream (nor saving it for backward)
+                x32 = x.float()
+                r = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1).square() / x32.shape[-1] + self.eps)  # (N, n)
+                weighted = norm_weight.float().unsqueeze(-1) * proj.float()  # (C, n + 2), small
+                d = torch.tanh(torch.matmul(x32, weighted) * r.unsqueeze(-1))  # (N, n, n + 2): row i from stream i
                 a_m = a_m + alpha_scale.float() * d[..., 0]
                 a_r = a_r + alpha_scale.float() * d[..., 1 : n + 1]
                 b = b + beta_scale.float() * d[..., n + 1]
