@@ -2,6 +2,9 @@
 
     python benchmarks/train_throughput.py                 # tiny_cpu.yaml model, batch 8 x 128
     python benchmarks/train_throughput.py --steps 30 --batch 4 --seq 256
+    python benchmarks/train_throughput.py --hidden 256 --ffn 688 --vocab 4096 --batch 4 --seq 256 \
+        --threads 2 --fwd-bwd-only --variants standard,hc,mhc,grid,hc:sublayer,hc:block,mhc:sublayer,mhc:block
+                                                          # issue 12's step-time shape, recompute settings
 
 Each mode runs the trainer's own step (forward, backward, clipping, AdamW with its decay groups)
 on random tokens; the modes are interleaved round-robin so that a load change on a shared machine
@@ -31,7 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--hidden", type=int, default=None, help="override hidden_size")
+    parser.add_argument("--ffn", type=int, default=None, help="override intermediate_size")
+    parser.add_argument("--vocab", type=int, default=None, help="override vocab_size")
+    parser.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
+    parser.add_argument("--variants", default=",".join(MODES),
+                        help="comma-separated mode[:mixing_recompute], e.g. mhc:block")
+    parser.add_argument("--fwd-bwd-only", action="store_true", help="time forward + backward only (no optimizer)")
     args = parser.parse_args(argv)
+    variants = args.variants.split(",")
 
     import torch
     from tqdm.auto import tqdm
@@ -44,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_run_config(args.config)
     runs = {}
-    for mode in MODES:
+    for variant in variants:
+        mode, _, recompute = variant.partition(":")
         torch.manual_seed(0)
         mcfg = build_model_config(cfg.model)
-        mcfg.residual_mode = mode
+        mcfg.residual_mode, mcfg.mixing_recompute = mode, recompute or "none"
+        for field, value in (("hidden_size", args.hidden), ("intermediate_size", args.ffn),
+                             ("vocab_size", args.vocab), ("num_hidden_layers", args.layers)):
+            if value is not None:
+                setattr(mcfg, field, value)
         model = MhcLmForCausalLM(mcfg).train()
-        runs[mode] = (model, build_optimizer(model, cfg.optim), mcfg.vocab_size)
+        runs[variant] = (model, build_optimizer(model, cfg.optim), mcfg.vocab_size)
 
     def step(mode):
         model, opt, vocab = runs[mode]
@@ -57,23 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         loss = model(input_ids=ids[:, :-1], shift_labels=ids[:, 1:]).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        if not args.fwd_bwd_only:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
         opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
 
-    times = {m: [] for m in MODES}
+    times = {m: [] for m in variants}
     for i in tqdm(range(args.warmup + args.steps), desc="round-robin steps"):
-        for mode in MODES:
+        for mode in variants:
             dt = step(mode)
             if i >= args.warmup:
                 times[mode].append(dt)
     tokens = args.batch * args.seq
     tps = {m: tokens / statistics.median(t) for m, t in times.items()}
-    print(f"\ntiny config ({args.config}), batch {args.batch} x seq {args.seq}, "
-          f"{torch.get_num_threads()} threads, median of {args.steps} steps")
+    shape = runs[variants[0]][0].config
+    print(f"\n{args.config}: C = {shape.hidden_size}, FFN {shape.intermediate_size}, {shape.num_hidden_layers} layers, "
+          f"batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads, median of {args.steps} steps, "
+          f"{'forward + backward' if args.fwd_bwd_only else 'full training step'}")
     print("| mode | params | tokens/s | ratio to standard | time vs standard |\n|---|---:|---:|---:|---:|")
-    for mode in MODES:
+    for mode in variants:
         n = sum(p.numel() for p in runs[mode][0].parameters())
         ratio = tps[mode] / tps["standard"]
         print(f"| {mode} | {n:,} | {tps[mode]:.0f} | {ratio:.3f} | {1 / ratio - 1:+.1%} |")

@@ -52,19 +52,23 @@ def _normalisations(iters: int) -> list[tuple[int, bool]]:
     return [(0, True)] + [(d, True) for _ in range(iters - 1) for d in (1, 0)]
 
 
-def _sinkhorn_iterates(lt: torch.Tensor, iters: int, eps: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Graph-free forward on lt (n, n, M) = logits with the tokens last: the row softmax S and
-    the input of every normalisation (the last entry is the output). Tokens last makes every
-    sum a reduction over an outer axis and every division a contiguous broadcast, ~7x faster on
-    CPU than the (M, n, n) layout for 4 x 4 matrices; same maths as `sinkhorn_unrolled`."""
+def _sinkhorn_iterates(lt: torch.Tensor, iters: int, eps: float) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Graph-free forward on lt (n, n, M) = logits with the tokens last: the row softmax S, the
+    input of every normalisation (the last entry is the output) and each one's denominator
+    (sum + eps). Tokens last makes every sum a reduction over an outer axis and every division a
+    contiguous broadcast, ~7x faster on CPU than the (M, n, n) layout for 4 x 4 matrices; same
+    maths as `sinkhorn_unrolled`."""
     soft = torch.softmax(lt, dim=1)  # (n, n, M)
     p = soft + eps
-    steps = [p]
+    steps, denominators = [p], []
     for dim, with_eps in _normalisations(iters):
-        s = p.sum(dim=dim, keepdim=True)
-        p = p / (s + eps) if with_eps else p / s
+        d = p.sum(dim=dim, keepdim=True)
+        if with_eps:
+            d = d + eps
+        p = p / d
         steps.append(p)
-    return soft, steps
+        denominators.append(d)
+    return soft, steps, denominators
 
 
 def _tokens_last(logits: torch.Tensor) -> torch.Tensor:
@@ -95,13 +99,10 @@ class _Sinkhorn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (lt,) = ctx.saved_tensors
-        soft, steps = _sinkhorn_iterates(lt, ctx.iters, ctx.eps)
+        soft, steps, denominators = _sinkhorn_iterates(lt, ctx.iters, ctx.eps)
         g = _tokens_last(grad)
-        for k in range(len(steps) - 1, 0, -1):
-            dim, with_eps = _normalisations(ctx.iters)[k - 1]
-            p_in, p_out = steps[k - 1], steps[k]
-            s = p_in.sum(dim=dim, keepdim=True)
-            g = (g - (g * p_out).sum(dim=dim, keepdim=True)) / (s + ctx.eps if with_eps else s)
+        for k, (dim, _) in reversed(list(enumerate(_normalisations(ctx.iters)))):
+            g = (g - (g * steps[k + 1]).sum(dim=dim, keepdim=True)) / denominators[k]
         g = soft * (g - (g * soft).sum(dim=1, keepdim=True))  # row softmax
         return _tokens_first(g, grad.shape), None, None
 
