@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 import mhc_lm.kernels as kernels  # noqa: E402
 from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM  # noqa: E402
-from mhc_lm.model import residual_hc, residual_mhc, stream_ops  # noqa: E402
+from mhc_lm.model import h_res_maps, residual_hc, residual_mhc, stream_ops  # noqa: E402
 from mhc_lm.model.sinkhorn import sinkhorn_reference  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ def _kernels_on_cpu(monkeypatch) -> list:
         return sinkhorn_reference(logits, iters, eps)
 
     monkeypatch.setattr(residual_mhc, "dispatch", dispatch)
-    monkeypatch.setattr(residual_mhc, "sinkhorn", sinkhorn)
+    monkeypatch.setattr(h_res_maps, "sinkhorn", sinkhorn)  # mHC calls Sinkhorn through its H_res map
     monkeypatch.setattr(residual_hc, "dispatch", dispatch)
     return calls
 
