@@ -17,7 +17,9 @@ are 1 up to the Sinkhorn tolerance; HC's unconstrained A_r lets the composite gr
 Amax bounds the gain of a DS product; for an orthogonal H_res (`h_res_map: orthogonal`) the
 entries can be negative and Amax is not bounded, but the composite of orthogonal matrices is
 orthogonal: its spectral norm is exactly 1, the gain that matters there. For DS matrices
-||M||_2 <= sqrt(||M||_1 ||M||_inf) = 1; for HC it can grow like Amax.
+||M||_2 <= sqrt(||M||_1 ||M||_inf) = 1, and M 1 = 1 makes it exactly 1 (up to the Sinkhorn
+tolerance): it cannot tell DS maps apart, only flag a map that leaves the DS / orthogonal sets.
+For HC it can grow like Amax.
 """
 
 from __future__ import annotations

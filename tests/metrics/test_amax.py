@@ -67,8 +67,8 @@ def test_mixing_metrics_names_and_layer_grouping():
 
 
 def test_spectral_composite_per_manifold():
-    """spectral/composite: 1 for orthogonal maps and their products (Amax is not), <= 1 for DS maps,
-    large for HC's unconstrained matrices."""
+    """spectral/composite: 1 for orthogonal maps and their products (Amax is not), 1 (<= 1 and M 1 = 1)
+    for DS maps, large for HC's unconstrained matrices."""
     from mhc_lm.metrics.amax import spectral_norm
     from mhc_lm.model.h_res_maps import H_RES_MAPS
 
@@ -85,7 +85,8 @@ def test_spectral_composite_per_manifold():
                 for _ in range(L)]
         out = mixing_amax_metrics(mats)
         tol = 1e-3 if H_RES_MAPS[name].iterative else 1e-5  # sinkhorn: rows sum to 1 only to its tolerance
-        assert 0.0 < out["spectral/composite"] <= out["spectral/composite_max"] <= 1.0 + tol, name
+        # <= 1 (||M||_2^2 <= ||M||_1 ||M||_inf) and >= 1 (M 1 = 1): exactly 1 for every DS product
+        assert 1.0 - tol <= out["spectral/composite"] <= out["spectral/composite_max"] <= 1.0 + tol, name
     torch.testing.assert_close(spectral_norm(torch.diag(torch.tensor([3.0, -5.0, 1.0]))), torch.tensor(5.0, dtype=torch.float64))
     hc = [torch.eye(n) + 0.3 * torch.rand(n, n, generator=g) for _ in range(L)]  # HC-like: positive, row sums > 1
     assert mixing_amax_metrics([m.expand(1, 2, n, n) for m in hc])["spectral/composite"] > 100.0
