@@ -1,10 +1,14 @@
 """Third-party messages that tell the user nothing, filtered at their source: each one named, on the
 logger that emits it (no blanket filter). Imported by `mhc_lm.train.config`, so every entry point
-that reads a run config installs them before DeepSpeed or Accelerate log anything."""
+that reads a run config installs them before DeepSpeed or Accelerate log anything. When stderr is
+not a terminal, Hugging Face progress bars are switched off too (HF_HUB_DISABLE_PROGRESS_BARS, unless
+set); the trainer's and data preparation's own bars follow the same rule."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 # (logger name, message fragment) of each dropped message
 FILTERED = (
@@ -32,5 +36,9 @@ def install() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessage) and f.fragment == fragment for f in logger.filters):
             logger.addFilter(_DropMessage(fragment))
+    if not sys.stderr.isatty():  # a log file: transformers' bars ("Writing model shards", "Loading weights") are noise
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers when it is imported
+        if "transformers" in sys.modules:  # already imported: switch them off directly
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 install()

@@ -55,3 +55,17 @@ def test_local_files_are_read_not_downloaded_and_prep_is_one_line_in_a_log(tmp_p
     load_local(sorted(str(p) for p in corpus.iterdir()), cfg, cache_dir=str(tmp_path / "cache"))  # bars on
     err = capfd.readouterr().err
     assert "reading local text files" in err and "Downloading" not in err
+
+
+def test_hugging_face_bars_are_off_when_stderr_is_a_log_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    code = ("import mhc_lm.train.config, transformers.utils.logging as t; "
+            "print(t.is_progress_bar_enabled())")
+    with open(tmp_path / "log", "w") as log:
+        out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                             check=True).stdout
+    assert out.strip() == "False"
