@@ -170,6 +170,7 @@ def per_layer(shape, mode, recompute, bf16, device, method) -> float:
         model = build(shape, mode, recompute, layers, device)
         values.append(method(model, _batch(model, shape, device), bf16))
         del model
+        gc.collect()  # the HF model sits in reference cycles: free its weights before building the next
     tokens = shape["batch"] * shape["seq"]
     return (values[1] - values[0]) / L1 / tokens / 1024
 
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--no-live", action="store_true", help="skip method 2 (the profiler cross-check)")
     parser.add_argument("--step-time", action="store_true", help="CPU step time per setting (tiny shape)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated mode:recompute to measure (standard:none always runs first, for the ratio)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -208,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
               f"(full depth {shape['full_layers']}), {device}")
         head = "| mode | recompute |" + "".join(f" {d} KiB/tok/layer | {d} vs std |" for d in args.dtypes.split(","))
         if not args.no_live:
-            head += "".join(f" {d} live KiB | " for d in args.dtypes.split(","))
+            head += "".join(f" {d} live KiB/tok/layer |" for d in args.dtypes.split(","))
         print(head + "\n|---|---|" + "---:|" * (head.count("|") - 3))
         rows, std = {}, {}
-        for mode, rc in VARIANTS:
+        chosen = VARIANTS if args.variants is None else \
+            [("standard", "none")] + [tuple(v.split(":")) for v in args.variants.split(",") if v != "standard:none"]
+        for mode, rc in chosen:
             cells = []
             for dtype in args.dtypes.split(","):
                 kib = per_layer(shape, mode, rc, dtype == "bf16", device, saved_bytes)
