@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(MODES),
                         help="comma-separated mode[:mixing_recompute], e.g. mhc:block")
     parser.add_argument("--fwd-bwd-only", action="store_true", help="time forward + backward only (no optimizer)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, print the ops' self CPU time per step of every variant (torch.profiler)")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
 
@@ -96,7 +98,26 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(p.numel() for p in runs[mode][0].parameters())
         ratio = tps[mode] / tps["standard"]
         print(f"| {mode} | {n:,} | {tps[mode]:.0f} | {ratio:.3f} | {1 / ratio - 1:+.1%} |")
+    if args.profile:
+        print_profile(variants, step)
     return 0
+
+
+def print_profile(variants, step, rows: int = 16) -> None:
+    """Self CPU time (ms per step) and calls of the top ops, one column per variant."""
+    from torch.profiler import profile
+
+    per = {}
+    for v in variants:
+        step(v)
+        with profile() as prof:
+            step(v)
+        per[v] = {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()}
+    keys = sorted(set().union(*per.values()), key=lambda k: -max(p.get(k, (0, 0))[0] for p in per.values()))
+    print("\n| op | " + " | ".join(f"{v} ms (calls)" for v in variants) + " |\n|---|" + "---:|" * len(variants))
+    for k in keys[:rows]:
+        print(f"| {k[:40]} | " + " | ".join(f"{per[v].get(k, (0, 0))[0]:.1f} ({per[v].get(k, (0, 0))[1]})" for v in variants) + " |")
+    print("| total | " + " | ".join(f"{sum(t for t, _ in per[v].values()):.0f}" for v in variants) + " |")
 
 
 if __name__ == "__main__":
