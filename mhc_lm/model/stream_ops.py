@@ -34,7 +34,7 @@ def mhc_coefficients_reference(
 
     Computed as the fused kernel does, in few ops and with tokens last: v phi = r (x phi) with
     r = rsqrt(mean x^2 + eps), so no (N, nC) normalised copy of the stream is made or saved; the
-    gates are folded into phi (nC x K, small) and the projection is produced as (K, N), so the
+    projection is produced as (K, N), so the
     three outputs are views of one (K, N) tensor and the logits are (n, n, N) memory, the layout
     `sinkhorn` works in.
     """
@@ -47,7 +47,7 @@ def mhc_coefficients_reference(
         a = alpha.float()
         k_res = K - 2 * n  # logits of the H_res map: n^2 for sinkhorn (`h_res_maps.py`)
         gate = torch.cat([a[0:1].expand(n), a[1:2].expand(n), a[2:3].expand(k_res)])  # (K,) [a_pre | a_post | a_res]
-        proj = torch.mm((phi.float() * gate).t(), x32.t())  # (K, N) = (a * phi)^T x^T
+        proj = torch.mm(phi.float().t(), x32.t()) * gate.view(K, 1)  # (K, N) = a * (phi^T x^T); no phi-sized temp
         pre_act = torch.addcmul(bias.float().view(K, 1), proj, r.view(1, -1))  # H~ = a (v phi) + b, (K, N)
         gates = torch.sigmoid(pre_act[: 2 * n])  # (2n, N)
         h_pre = gates[:n].t()  # (N, n)
