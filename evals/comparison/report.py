@@ -77,6 +77,18 @@ def headline_rows(summary: dict, baseline: str) -> tuple[list[str], list[list[st
     return header, rows
 
 
+PRACTICAL = {"max_amax_fwd": 0.01, "tokens_per_s": 0.05}
+"""Smallest difference a verdict line calls out, relative to the baseline's mean: a Welch test finds mHC's
+Amax (1 - 2e-5, Sinkhorn's finite convergence) 'different' from standard's 1 at p < 0.001, which means nothing."""
+
+
+def practically_different(key: str, diff: float, base_mean: float) -> bool:
+    tolerance = PRACTICAL.get(key)
+    if tolerance is None or not math.isfinite(base_mean) or base_mean == 0:
+        return True
+    return abs(diff) >= tolerance * abs(base_mean)
+
+
 def verdict(name: str, row: dict, base_row: dict, baseline: str, groups: dict[str, list[Run]],
             effect: float | None = None) -> str:
     """One plain-language line on the val loss of group `name` against the baseline, with a power estimate."""
@@ -113,9 +125,13 @@ def verdict(name: str, row: dict, base_row: dict, baseline: str, groups: dict[st
         text = (f"**{name}**: no detectable difference in val loss from {baseline} {at} "
                 f"({format_p(w['p'])}; Δ = {w['diff']:+.4f}, {ci}); {power}.")
     others = [f"{TEST_NAMES[k]} {t['diff']:+.4g} ({format_p(t['p'])})" for k, t in row["vs_baseline"].items()
-              if k != "final_val_loss" and math.isfinite(t["p"]) and t["p"] < ALPHA]
+              if k != "final_val_loss" and math.isfinite(t["p"]) and t["p"] < ALPHA
+              and practically_different(k, t["diff"], base_row[k]["mean"])]
     if others:
         text += " Also different from the baseline: " + ", ".join(others) + "."
+        if any(o.startswith(TEST_NAMES["tokens_per_s"]) for o in others):
+            text += " (tokens/s depend on the machine's load while the runs ran; measure speed side by side with " \
+                    "benchmarks/train_throughput.py.)"
     return text + tail
 
 

@@ -177,3 +177,24 @@ def test_plots_floor_amax_shade_the_unarmed_detector_and_count_seeds(fixture_run
     assert "detector not armed (first 10 steps)" in labels
     assert all(min(line.get_xdata()) >= 10 for line in spike_ax.get_lines())  # no count drawn while blind
     plt.close(fig)
+
+
+def test_verdict_ignores_differences_too_small_to_matter(tmp_path):
+    """mHC's Amax sits 2e-5 under standard's 1 (finite Sinkhorn) in every seed: a Welch test calls that
+    significant, the verdict must not; a 5% Amax difference is still called out."""
+    for amax, expect in [(1.0 - 2e-5, False), (1.05, True)]:
+        root = tmp_path / str(amax)
+        dirs = []
+        for name, mode, vals in [("standard", "standard", [5.0, 5.01, 5.02]), ("mhc", "mhc", [5.0, 5.02, 5.01])]:
+            for seed, val in enumerate(vals):
+                run = write(root, name, mode, {}, seed, val, window=10)
+                records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+                for r in records:
+                    if mode == "mhc" and "amax/fwd/composite" in r:
+                        r["amax/fwd/composite"] = amax + 1e-7 * seed
+                (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+                dirs.append(run)
+        compare(dirs, out=root / "report", plots=False)
+        md = (root / "report" / "report.md").read_text()
+        line = next(ln for ln in md.splitlines() if ln.startswith("- **mhc**"))
+        assert ("max Amax fwd" in line) is expect, line
