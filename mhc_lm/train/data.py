@@ -12,6 +12,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -55,11 +56,19 @@ def build_data(config, accelerator) -> DataBundle:
 
     if val is not None:
         try:
-            make_val_loader()
+            windows = make_val_loader().num_windows
         except ValueError as err:  # validation split smaller than one global batch
             if accelerator.is_main_process:
                 print(f"[mhc-lm] no validation loss: {err}", flush=True)
             val = None
+        else:
+            wanted = config.train.eval_batches * config.train.batch_size
+            if wanted > windows and accelerator.is_main_process:
+                warnings.warn(f"validation reads train.eval_batches x train.batch_size = {wanted} windows but the val "
+                              f"split holds {windows} of seq_len+1 = {seq_len + 1} tokens: windows repeat, so val_loss "
+                              f"averages fewer distinct tokens than it seems. Use train.eval_batches <= "
+                              f"{windows // config.train.batch_size} or give the split more text (data.val_fraction, "
+                              "data.val_files).", stacklevel=2)
     vocab = max(int(train.vocab_size), len(tokenizer))
     return DataBundle(loader, make_val_loader if val is not None else None, vocab, seq_len, tokenizer, out_dir)
 

@@ -81,3 +81,18 @@ def test_a_checkpoint_from_before_order_seed_resumes_with_its_saved_seed(prepare
     # a current state with another seed is still refused
     with pytest.raises(ValueError, match="seed"):
         WindowLoader(ds, 16, 4, seed=3).load_state_dict(WindowLoader(ds, 16, 4, seed=0).state_dict())
+
+
+def test_validation_larger_than_the_val_split_warns(prepared):
+    _, cfg = prepared
+    windows = bundle(cfg, 0).make_val_loader().num_windows
+    data_cfg = dataclasses.replace(cfg, seq_len=16)
+    fits = RunConfig(data=data_cfg, train=TrainConfig(batch_size=4, micro_batch_size=4, eval_batches=windows // 4))
+    repeats = RunConfig(data=data_cfg, train=TrainConfig(batch_size=4, micro_batch_size=4, eval_batches=windows // 4 + 1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_data(fits, OneProcess())
+    with pytest.warns(UserWarning, match="windows repeat"):
+        build_data(repeats, OneProcess())
