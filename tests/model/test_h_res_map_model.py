@@ -105,7 +105,8 @@ def test_more_streams_forward_backward(h_res_map, n):
         tol = 1e-3 if h_res_map == "sinkhorn" else 1e-5  # sinkhorn: rows only to the iterations' tolerance
         assert (h >= 0).all() and (h.sum(-2) - 1).abs().max() < 1e-5 and (h.sum(-1) - 1).abs().max() < tol
     else:
-        torch.testing.assert_close(h @ h.transpose(-1, -2), torch.eye(n, dtype=h.dtype).expand(3, n, n), atol=1e-5, rtol=0)
+        eye = torch.eye(n, dtype=h.dtype).expand(3, n, n)
+        torch.testing.assert_close(h @ h.transpose(-1, -2), eye, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("h_res_map", [m for m in MAPS if m != "sinkhorn"])
