@@ -4,6 +4,10 @@
     python launch/sweep.py --config configs/mhc_1b.yaml --seeds 3 --print-only \\
         --launcher "accelerate launch --config_file configs/accelerate/deepspeed_zero2_8gpu.yaml"
     python launch/sweep.py --config configs/depth_study.yaml --modes standard,grid --seeds 1 --out runs/depth_study
+    python launch/sweep.py --config configs/tiny_cpu.yaml --modes standard,mhc,mhc[kronecker],mhc[orthogonal] --seeds 3
+
+A mode may name mHC's H_res map in brackets (`mhc[MAP]`, MAP one of `model.h_res_map`'s choices, see
+docs/manifolds.md): that run gets `model.h_res_map=MAP` and the folder OUT/mhc-MAP_seedSEED.
 
 Each run is `launch/pretrain.py --config CONFIG model.residual_mode=MODE train.seed=SEED
 run_dir=OUT/MODE_seedSEED [overrides...]`. The seed is a replicate: `train.seed` sets the model
@@ -35,16 +39,40 @@ SET_BY_SWEEP = ("model.residual_mode", "train.seed", "run_dir")  # one value per
 EXIT_INTERRUPTED = 4  # launch/pretrain.py: stopped by a signal, checkpoint written
 
 
+def split_mode(spec: str) -> tuple[str, str | None]:
+    """"mhc[kronecker]" -> ("mhc", "kronecker"); "hc" -> ("hc", None)."""
+    if spec.endswith("]") and "[" in spec:
+        mode, h_res_map = spec[:-1].split("[", 1)
+        return mode.strip(), h_res_map.strip()
+    return spec, None
+
+
 def parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if split_mode(m)[0] not in MODES]
     if bad or not modes:
-        raise SystemExit(f"--modes: {bad or text!r} not in {list(MODES)} (comma-separated, e.g. standard,mhc)")
+        raise SystemExit(f"--modes: {bad or text!r} not in {list(MODES)} (comma-separated, e.g. standard,mhc or "
+                         "mhc[kronecker])")
+    from mhc_lm.model.configuration_mhc_lm import H_RES_MAPS
+
+    for m in modes:
+        mode, h_res_map = split_mode(m)
+        if h_res_map is not None and (mode != "mhc" or h_res_map not in H_RES_MAPS):
+            raise SystemExit(f"--modes: {m!r}: a map in brackets is for mhc only, one of {list(H_RES_MAPS)} "
+                             "(e.g. mhc[kronecker])")
+    if len(set(modes)) != len(modes):
+        raise SystemExit(f"--modes: {text!r} names a mode twice")
     return modes
 
 
+def mode_overrides(spec: str) -> list[str]:
+    mode, h_res_map = split_mode(spec)
+    return [f"model.residual_mode={mode}"] + ([f"model.h_res_map={h_res_map}"] if h_res_map else [])
+
+
 def run_name(mode: str, seed: int) -> str:
-    return f"{mode}_seed{seed}"
+    base, h_res_map = split_mode(mode)
+    return f"{base}-{h_res_map}_seed{seed}" if h_res_map else f"{mode}_seed{seed}"
 
 
 def build_commands(config: str, modes: list[str], seeds: list[int], out: Path, overrides: list[str],
@@ -56,25 +84,28 @@ def build_commands(config: str, modes: list[str], seeds: list[int], out: Path, o
         for seed in seeds:
             run_dir = out / run_name(mode, seed)
             argv = prefix + [str(REPO / "launch" / "pretrain.py"), "--config", config,
-                             f"model.residual_mode={mode}", f"train.seed={seed}", f"run_dir={run_dir}", *overrides]
+                             *mode_overrides(mode), f"train.seed={seed}", f"run_dir={run_dir}", *overrides]
             cmds.append((run_dir, argv))
     return cmds
 
 
-def check_config(config: str, overrides: list[str]) -> None:
-    """Fail before any run on a bad config or override (names the key, via the trainer's loader),
-    and on overrides of what the sweep sets per run."""
+def check_config(config: str, overrides: list[str], modes: tuple[str, ...] = ("standard",)) -> None:
+    """Fail before any run on a bad config or override (names the key, via the trainer's loader), for
+    every mode of the sweep (e.g. an h_res_map that needs another n_streams), and on overrides of what
+    the sweep sets per run."""
     from mhc_lm.config_utils import ConfigError
-    from mhc_lm.train.config import load_run_config
+    from mhc_lm.train.config import build_model_config, load_run_config
 
     taken = [o for o in overrides if o.split("=", 1)[0].strip() in SET_BY_SWEEP]
     if taken:
         raise SystemExit(f"config error: {', '.join(taken)}: the sweep sets {', '.join(SET_BY_SWEEP)} per run "
                          "(use --modes, --seeds / --seed-offset and --out instead)")
     try:
-        cfg = load_run_config(config, ["model.residual_mode=standard", "train.seed=0", *overrides])
-    except (ConfigError, FileNotFoundError) as err:
-        raise SystemExit(f"config error: {err}") from err
+        for mode in modes:
+            cfg = load_run_config(config, [*mode_overrides(mode), "train.seed=0", *overrides])
+            build_model_config(cfg.model)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"config error ({mode}): {err}") from err
     if cfg.data.order_seed is not None:
         print(f"[sweep] warning: data.order_seed={cfg.data.order_seed} is set, so every seed trains on the same "
               "data order and the seeds vary only the initialisation; unset it (data.order_seed=null) for "
@@ -129,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--out", str(out / "report")]
     compare_cmd += ["--probe"] if args.probe else []
 
-    check_config(args.config, args.overrides)
+    check_config(args.config, args.overrides, tuple(modes))
     if args.print_only:
         for _, argv_ in cmds:
             print(shlex.join(argv_))

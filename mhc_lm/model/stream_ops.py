@@ -5,7 +5,9 @@ stream mixing); `dispatch(name)` returns the fused version when it is requested,
 tensors live on CUDA and the kernels are importable, else the reference here. Shapes use
 N = flattened tokens, n = streams, C = hidden size.
 
-    coefficients:  x (N, n*C) --RMSNorm--> v --phi--> (h_pre (N, n), h_post (N, n), h_res_logits (N, n, n))
+    coefficients:  x (N, n*C) --RMSNorm--> v --phi--> (h_pre (N, n), h_post (N, n), h_res_logits)
+                   h_res_logits: (N, n, n) for Sinkhorn (K = n^2 outputs), else (N, K) for the
+                   H_res map to read (`h_res_maps.py`: K = n!, log2 n, n(n-1)/2)
     pre_mix:       layer_in[t] = sum_i h_pre[t, i] * x[t, i, :]                       (N, C)
     post_res:      out[t, j]  = sum_i h_res[t, i, j] * x[t, i, :] + h_post[t, j] * f[t, :]   (N, n, C)
 """

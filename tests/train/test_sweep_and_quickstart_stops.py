@@ -60,6 +60,24 @@ def test_sweep_seeds_are_replicates_and_a_fixed_data_order_is_warned_about(tmp_p
     assert "data.order_seed=5 is set, so every seed trains on the same data order" in capsys.readouterr().err
 
 
+def test_sweep_runs_h_res_maps_as_modes(tmp_path, capsys):
+    sweep = load("sweep")
+    assert sweep.main(["--config", "configs/tiny_cpu.yaml", "--out", str(tmp_path), "--modes",
+                       "standard,mhc,mhc[kronecker]", "--seeds", "1", "--print-only"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = {line.split("run_dir=")[1].split()[0]: line for line in lines if "run_dir=" in line}
+    assert set(runs) == {str(tmp_path / n) for n in ("standard_seed0", "mhc_seed0", "mhc-kronecker_seed0")}
+    assert "model.h_res_map=kronecker" in runs[str(tmp_path / "mhc-kronecker_seed0")]
+    assert not any("model.h_res_map" in runs[str(tmp_path / n)] for n in ("standard_seed0", "mhc_seed0"))
+    for bad, message in [("hc[kronecker]", "for mhc only"), ("mhc[birkhoff]", "for mhc only"),
+                         ("mhc,mhc", "twice"), ("mhc[kronecker", "not in")]:
+        with pytest.raises(SystemExit, match=message):
+            sweep.main(["--config", "configs/tiny_cpu.yaml", "--modes", bad, "--print-only"])
+    with pytest.raises(SystemExit, match=r"config error \(mhc\[kronecker\]\).*power of 2"):  # checked per mode
+        sweep.main(["--config", "configs/tiny_cpu.yaml", "--modes", "standard,mhc[kronecker]", "--print-only",
+                    "model.n_streams=6"])
+
+
 def test_sigterm_to_the_sweep_stops_the_run_at_a_checkpoint_and_the_sweep(tmp_path):
     fake = tmp_path / "fake_pretrain.py"
     fake.write_text(FAKE_PRETRAIN)
