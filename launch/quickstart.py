@@ -1,7 +1,7 @@
 """Quickstart: prepare the embedded corpus, train the tiny model in all four residual modes on
 CPU, export each as a Hugging Face folder, and plot their loss curves side by side.
 
-    python launch/quickstart.py                  # 4 x 300 steps: ~3.5 min of training at docs/training.md's CPU throughput
+    python launch/quickstart.py                  # 4 x 300 steps: ~4 min on 2 CPU cores (docs/training.md)
     python launch/quickstart.py --steps 100 --modes standard mhc
     python launch/quickstart.py train.batch_size=16 --steps 200   # dotted overrides before --modes
 
