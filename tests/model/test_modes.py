@@ -86,9 +86,10 @@ def test_mhc_default_init_is_prenorm_up_to_norm_eps():
         torch.testing.assert_close(mhc(ids).logits, ref(ids).logits, atol=1e-3, rtol=0)
 
 
-def test_grid_r1_equals_standard():
-    ref = build("standard")
-    grid = build("grid", seed=5, grid_size=1)
+@pytest.mark.parametrize("block_norm", ["pre", "post"])
+def test_grid_r1_equals_standard(block_norm):
+    ref = build("standard", block_norm=block_norm)
+    grid = build("grid", seed=5, grid_size=1, block_norm=block_norm)
     grid.load_state_dict(ref.state_dict())
     ids = torch.randint(3, 97, (2, 10))
     with torch.no_grad():
