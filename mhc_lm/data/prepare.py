@@ -17,12 +17,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import sys
 import time
 import uuid
 from dataclasses import replace
-from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ from mhc_lm.config_utils import to_dict
 
 from .config import DEFAULT_VOCAB_SIZE, DataConfig
 from .shards import PackedTokens, ShardWriter, choose_dtype
+from .staging import remove_stale_partials, staging_name
 from .sources import (_looks_like_hub_name, is_val_document, load_embedded, load_hub, load_local, resolve_files,
                       source_description, split_indices)
 from .tokenizer import (DocumentEncoder, check_encoder_agreement, import_tokenizer, load_tokenizer,
@@ -44,7 +43,6 @@ FINGERPRINT_KEYS = ("train_files", "val_files", "text_column", "val_fraction", "
 ROUND_TRIP_PROBE = "  Naïve café — “quotes”, 日本語, emoji 🙂\n\ttabs  and   spaces, digits 1790-2021 "
 # Every name prepare_data ever writes inside out_dir (staging included); anything else is not ours.
 LAYOUT_NAMES = re.compile(r"meta\.json(\.tmp)?|tokenizer|(train|val)_\d{5}\.bin(\.tmp)?")
-STALE_PARTIAL_SECONDS = 24 * 3600
 
 
 def _fingerprint_inputs(cfg: DataConfig) -> dict:
@@ -145,65 +143,6 @@ def _reusable(out_dir: Path, inputs: dict, overwrite: bool) -> bool:
         return False
     changed = sorted(k for k in set(inputs) | set(old or {}) if (old or {}).get(k) != inputs.get(k))
     raise FileExistsError(f"{out_dir} holds data prepared with a different config or input (differs in: {changed}). {fix}")
-
-
-def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
-
-
-def _staging_name(out_dir: Path) -> Path:
-    """A fresh `.NAME.partial-HOST-PID-RANDOM` path next to out_dir."""
-    return out_dir.with_name(f".{out_dir.name}.partial-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def _newest_mtime(folder: Path) -> float:
-    newest = folder.lstat().st_mtime
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            try:
-                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
-            except OSError:
-                pass
-    return newest
-
-
-def _remove_stale_partials(out_dir: Path) -> list[Path]:
-    """Delete staging folders of out_dir left by killed runs; returns the removed paths.
-
-    A partial named with this host and a pid that no longer runs here is stale. One from another
-    host (shared filesystem) or with an older name (no host) is stale only when nothing in it
-    changed for STALE_PARTIAL_SECONDS, since its writer may still be running elsewhere.
-    """
-    if not out_dir.parent.is_dir():
-        return []
-    host = _host_tag()
-    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.partial-(?:(?P<host>.+)-)?(?P<pid>\d+)-[0-9a-f]{{8}}")
-    removed = []
-    for path in out_dir.parent.glob(f".{glob_escape(out_dir.name)}.partial-*"):
-        match = pattern.fullmatch(path.name)
-        if match is None or not path.is_dir() or path.is_symlink():
-            continue
-        try:
-            if match["host"] == host:
-                stale = int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"]))
-            else:
-                stale = time.time() - _newest_mtime(path) > STALE_PARTIAL_SECONDS
-        except OSError:  # vanished meanwhile (its writer finished)
-            continue
-        if stale:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
 
 
 def _publish(staging: Path, out_dir: Path, inputs: dict, overwrite: bool = True) -> None:
@@ -339,8 +278,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
     if cfg.tokenizer and cfg.vocab_size is not None:  # before reading any data, not on every reuse
         _check_tokenizer_vocab(cfg)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
-    staging = _staging_name(out_dir)
+    remove_stale_partials(out_dir)
+    staging = staging_name(out_dir)
     staging.mkdir()
     t0 = time.time()
     import datasets

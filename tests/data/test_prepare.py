@@ -17,6 +17,7 @@ import pytest
 
 from mhc_lm.data import PackedTokens, check_compatible, load_tokenizer, prepare_data, read_meta
 from mhc_lm.data import prepare as prepare_module
+from mhc_lm.data import staging
 from mhc_lm.data.shards import choose_dtype
 from mhc_lm.data.sources import split_indices
 
@@ -336,7 +337,7 @@ def _dead_pid() -> int:
 
 def test_stale_partial_folders_are_removed_only_when_their_writer_is_gone(tmp_path):
     out_dir = tmp_path / "prepared"
-    host, dead, alive = prepare_module._host_tag(), _dead_pid(), os.getppid()
+    host, dead, alive = staging._host_tag(), _dead_pid(), os.getppid()
     stale = [_partial(tmp_path, f".prepared.partial-{host}-{dead}-0123abcd")]
     keep = [_partial(tmp_path, f".prepared.partial-{host}-{alive}-0123abcd"),  # writer still runs
             _partial(tmp_path, f".prepared.partial-otherhost-{dead}-0123abcd"),  # maybe running elsewhere
@@ -349,13 +350,14 @@ def test_stale_partial_folders_are_removed_only_when_their_writer_is_gone(tmp_pa
     for path in old:
         for p in [path, *path.rglob("*")]:
             os.utime(p, (two_days_ago, two_days_ago))
-    assert sorted(prepare_module._remove_stale_partials(out_dir)) == sorted(stale + old)
+    assert sorted(staging.remove_stale_partials(out_dir)) == sorted(stale + old)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale + old)
 
 
 KILLED_PREPARE = """
 import os, signal, sys
 from mhc_lm.data import prepare as prepare_module
+from mhc_lm.data import staging
 from tests.data.conftest import small_config
 from pathlib import Path
 def die(*args, **kwargs):
