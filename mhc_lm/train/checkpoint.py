@@ -127,3 +127,29 @@ def _strategy(accelerator) -> str:
     """How the state is laid out: DDP / single process share one layout, DeepSpeed and FSDP each their own."""
     kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
     return kind if kind in ("DEEPSPEED", "FSDP") else "DDP / single process"
+
+
+# What a resumed run must share with the run that wrote its checkpoints (anything else, e.g.
+# train.max_steps, evaluation, logging, checkpointing and metrics settings, may change).
+RESUME_FIXED = {
+    "model": None,  # every field
+    "data": None,
+    "optim": None,
+    "train": ("seed", "batch_size", "micro_batch_size", "mixed_precision", "grad_clip"),
+}
+RESUME_FREE_DATA = {"num_proc", "overwrite", "out_dir"}
+
+
+def resume_setting_diffs(old: dict, new: dict) -> list[str]:
+    """"section.key: old -> new" for each RESUME_FIXED setting that differs between two resolved run
+    configs (as dicts)."""
+    diffs = []
+    for section, keys in RESUME_FIXED.items():
+        names = keys or sorted(set(old.get(section, {})) | set(new.get(section, {})))
+        for key in names:
+            if key == "preset" or (section == "data" and key in RESUME_FREE_DATA):
+                continue
+            a, b = old.get(section, {}).get(key), new.get(section, {}).get(key)
+            if a != b:
+                diffs.append(f"{section}.{key}: {a!r} -> {b!r}")
+    return diffs

@@ -30,15 +30,6 @@ from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compi
 from mhc_lm.train.optim import build_optimizer, build_scheduler
 from mhc_lm.train.run_log import MetricsWriter, default_peak_tflops, flops_per_token, memory_stats, write_meta
 
-# What a resumed run must share with the run that wrote its checkpoints (anything else, e.g.
-# train.max_steps, evaluation, logging, checkpointing and metrics settings, may change).
-RESUME_FIXED = {
-    "model": None,  # every field
-    "data": None,
-    "optim": None,
-    "train": ("seed", "batch_size", "micro_batch_size", "mixed_precision", "grad_clip"),
-}
-RESUME_FREE_DATA = {"num_proc", "overwrite", "out_dir"}
 MAX_FP16_OVERFLOWS = 20
 """Consecutive fp16 loss-scale overflows (skipped steps) after which the run counts as diverged."""
 
@@ -172,15 +163,7 @@ class Trainer:
             return
         old = to_dict(resolved(load_run_config(old_path)))
         new = to_dict(resolved(self.config, self.unwrapped_model.config))
-        diffs = []
-        for section, keys in RESUME_FIXED.items():
-            names = keys or sorted(set(old.get(section, {})) | set(new.get(section, {})))
-            for key in names:
-                if key == "preset" or (section == "data" and key in RESUME_FREE_DATA):
-                    continue
-                a, b = old.get(section, {}).get(key), new.get(section, {}).get(key)
-                if a != b:
-                    diffs.append(f"{section}.{key}: {a!r} -> {b!r}")
+        diffs = ckpt_lib.resume_setting_diffs(old, new)
         if diffs:
             raise ConfigError(
                 f"{resume_path} was written by a run with other settings ({'; '.join(diffs)}); resuming needs the "
