@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .norm_projection import norm_projection
 from .recompute import mix_in, stream_of
 from .stream_ops import dispatch, post_res
 
@@ -95,11 +96,9 @@ class HyperConnection(nn.Module):
         if self.dynamic:
             with torch.autocast(device_type=x.device.type, enabled=False):
                 # H_bar W = r (x (w * W)) with r = rsqrt(mean_c x^2 + eps) per token and stream: the same
-                # product without the normalised (N, n, C) copy of the stream (nor saving it for backward)
-                x32 = x.float()
-                r = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1).square() / x32.shape[-1] + self.eps)  # (N, n)
+                # product without the normalised (N, n, C) copy of the stream (`norm_projection`)
                 weighted = norm_weight.float().unsqueeze(-1) * proj.float()  # (C, n + 2), small
-                d = torch.tanh(torch.matmul(x32, weighted) * r.unsqueeze(-1))  # (N, n, n + 2): row i from stream i
+                d = torch.tanh(norm_projection(x.reshape(N * n, -1), weighted, self.eps).view(N, n, -1))  # row i: stream i
                 a_m = a_m + alpha_scale.float() * d[..., 0]
                 a_r = a_r + alpha_scale.float() * d[..., 1 : n + 1]
                 b = b + beta_scale.float() * d[..., n + 1]

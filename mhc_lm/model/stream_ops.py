@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .norm_projection import norm_projection
+
 
 def mhc_coefficients_reference(
     x_flat: torch.Tensor,
@@ -35,22 +37,19 @@ def mhc_coefficients_reference(
     and the H_res logits H~_res: (N, n, n) when K = n*n (Sinkhorn, a separate op), else (N, K).
 
     Computed as the fused kernel does, in few ops and with tokens last: v phi = r (x phi) with
-    r = rsqrt(mean x^2 + eps), so no (N, nC) normalised copy of the stream is made or saved; the
-    projection is produced as (K, N), so the
+    r = rsqrt(mean x^2 + eps) (`norm_projection`: one autograd node, no (N, nC) normalised copy
+    of the stream made or saved); the projection is produced as (K, N), so the
     three outputs are views of one (K, N) tensor and the logits are (n, n, N) memory, the layout
     `sinkhorn` works in.
     """
     with torch.autocast(device_type=x_flat.device.type, enabled=False):
-        x32 = x_flat.float()  # (N, nC)
         K = phi.shape[1]
-        # RMSNorm scale, no weight (phi absorbs it); one norm op: its backward is one pass over x,
-        # where pow + mean took five (N, nC) passes
-        r = torch.rsqrt(torch.linalg.vector_norm(x32, dim=-1).square() / x32.shape[-1] + eps)  # (N,)
         a = alpha.float()
         k_res = K - 2 * n  # logits of the H_res map: n^2 for sinkhorn (`h_res_maps.py`)
         gate = torch.cat([a[0:1].expand(n), a[1:2].expand(n), a[2:3].expand(k_res)])  # (K,) [a_pre | a_post | a_res]
-        proj = torch.mm(phi.float().t(), x32.t()) * gate.view(K, 1)  # (K, N) = a * (phi^T x^T); no phi-sized temp
-        pre_act = torch.addcmul(bias.float().view(K, 1), proj, r.view(1, -1))  # H~ = a (v phi) + b, (K, N)
+        # r (phi^T x^T), r = rsqrt(mean x^2 + eps) per token (RMSNorm without weight: phi absorbs it), (K, N)
+        proj = norm_projection(x_flat, phi, eps, tokens_last=True)
+        pre_act = torch.addcmul(bias.float().view(K, 1), proj, gate.view(K, 1))  # H~ = a (v phi) + b, (K, N)
         gates = torch.sigmoid(pre_act[: 2 * n])  # (2n, N)
         h_pre = gates[:n].t()  # (N, n)
         h_post = 2.0 * gates[n:].t()  # (N, n)
