@@ -59,7 +59,8 @@ class _NormProjection(torch.autograd.Function):
         dx = dw = None
         if ctx.needs_input_grad[0]:
             scale = dr * rr.pow(3) * (-1.0 / x32.shape[-1])  # (M, 1)
-            dx = torch.addmm(x32 * scale, dp, w32.t()).to(x.dtype)
+            # the mm writes a fresh (M, D) buffer, the norm term is added into it: one allocation
+            dx = torch.mm(dp, w32.t()).addcmul_(x32, scale).to(x.dtype)
         if ctx.needs_input_grad[1]:
             dw = torch.mm(x32.t(), dp).to(weight.dtype)
         return dx, dw, None, None
