@@ -5,6 +5,11 @@
     python benchmarks/train_throughput.py --hidden 256 --ffn 688 --vocab 4096 --batch 4 --seq 256 \
         --threads 2 --fwd-bwd-only --variants standard,hc,mhc,grid,hc:sublayer,hc:block,mhc:sublayer,mhc:block
                                                           # issue 12's step-time shape, recompute settings
+    python benchmarks/train_throughput.py --hidden 256 --ffn 688 --vocab 4096 --batch 4 --seq 256 \
+        --threads 2 --fwd-bwd-only --variants standard,hc,mhc,standard+compile,hc+compile,mhc+compile
+                                                          # torch.compile of every decoder layer (train.compile),
+                                                          # its compile time and the steps it takes to pay off
+    python benchmarks/train_throughput.py ... --variants standard,mhc,mhc@sinkhorn_iters=0   # what Sinkhorn costs
 
 Each mode runs the trainer's own step (forward, backward, clipping, AdamW with its decay groups)
 on random tokens; the modes are interleaved round-robin so that a load change on a shared machine
@@ -39,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=None, help="override vocab_size")
     parser.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
     parser.add_argument("--variants", default=",".join(MODES),
-                        help="comma-separated mode[:mixing_recompute], e.g. mhc:block")
+                        help="comma-separated mode[:mixing_recompute][+compile][@field=value], e.g. mhc:block, "
+                             "mhc+compile, mhc@sinkhorn_iters=0")
     parser.add_argument("--fwd-bwd-only", action="store_true", help="time forward + backward only (no optimizer)")
     parser.add_argument("--profile", action="store_true",
                         help="after timing, print the ops' self CPU time per step of every variant (torch.profiler)")
@@ -50,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from mhc_lm.model import MhcLmForCausalLM
+    from mhc_lm.train.distributed import apply_compile
     from mhc_lm.train.config import build_model_config, load_run_config
     from mhc_lm.train.optim import build_optimizer
 
@@ -58,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_run_config(args.config)
     runs = {}
     for variant in variants:
-        mode, _, recompute = variant.partition(":")
+        name, *overrides = variant.split("@")  # mhc@sinkhorn_iters=0: any model field, for what-if runs
+        name, compiled = name.removesuffix("+compile"), name.endswith("+compile")
+        mode, _, recompute = name.partition(":")
         torch.manual_seed(0)
         mcfg = build_model_config(cfg.model)
         mcfg.residual_mode, mcfg.mixing_recompute = mode, recompute or "none"
@@ -66,7 +75,14 @@ def main(argv: list[str] | None = None) -> int:
                              ("vocab_size", args.vocab), ("num_hidden_layers", args.layers)):
             if value is not None:
                 setattr(mcfg, field, value)
+        for override in overrides:
+            field, _, value = override.partition("=")
+            if not hasattr(mcfg, field):
+                raise SystemExit(f"variant {variant!r}: the model config has no field {field!r}")
+            setattr(mcfg, field, type(getattr(mcfg, field))(value))
         model = MhcLmForCausalLM(mcfg).train()
+        if compiled:  # as the trainer does with train.compile: each decoder layer, compiled on its first call
+            apply_compile(model)
         runs[variant] = (model, build_optimizer(model, cfg.optim), mcfg.vocab_size)
 
     def step(mode):
@@ -82,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0
 
     times = {m: [] for m in variants}
+    warm = {m: 0.0 for m in variants}  # seconds of the warm-up steps (a compiled variant compiles in them)
     for i in tqdm(range(args.warmup + args.steps), desc="round-robin steps"):
         for mode in variants:
             dt = step(mode)
             if i >= args.warmup:
                 times[mode].append(dt)
+            else:
+                warm[mode] += dt
     tokens = args.batch * args.seq
     tps = {m: tokens / statistics.median(t) for m, t in times.items()}
     shape = runs[variants[0]][0].config
@@ -98,6 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(p.numel() for p in runs[mode][0].parameters())
         ratio = tps[mode] / tps["standard"]
         print(f"| {mode} | {n:,} | {tps[mode]:.0f} | {ratio:.3f} | {1 / ratio - 1:+.1%} |")
+    compiled = [v for v in variants if "+compile" in v]
+    if compiled:
+        print("\n| compiled variant | compile time s (warm-up minus steady steps) | step ms eager -> compiled | "
+              "steps to pay off |\n|---|---:|---:|---:|")
+        for v in compiled:
+            eager = v.replace("+compile", "")
+            step_c = statistics.median(times[v])
+            cost = warm[v] - args.warmup * step_c
+            line = f"| {v} | {cost:.1f} | "
+            if eager in times:
+                step_e = statistics.median(times[eager])
+                gain = step_e - step_c
+                pays = f"{cost / gain:,.0f}" if gain > 0 else "never"
+                line += f"{step_e * 1e3:.0f} -> {step_c * 1e3:.0f} | {pays} |"
+            else:
+                line += f"- -> {step_c * 1e3:.0f} | (add {eager} to the variants) |"
+            print(line)
     if args.profile:
         print_profile(variants, step)
     return 0
