@@ -13,8 +13,8 @@ pass over x:
     dx = dp W^T - (dr * r^3 / D) x           (d r / d x = -r^3 x / D)
 
 `tokens_last=True` returns z transposed, (K, M), computed as W^T x^T (mHC reads its logits in
-that layout, `stream_ops.mhc_coefficients_reference`). Everything is fp32 (fp64 if given); x may be any dtype and
-gets its gradient in its own dtype.
+that layout, `stream_ops.mhc_coefficients_reference`). Everything is fp32 (fp64 if given); x may
+be any dtype and gets its gradient in its own dtype.
 """
 
 from __future__ import annotations
