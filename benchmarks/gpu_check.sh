@@ -5,8 +5,13 @@
 #      and the training-step overhead of hc / mhc over standard at the 1B shape);
 #   3. the static report of benchmarks/kernel_resources.py for the device's architecture.
 # Logs go to $OUT (or ./gpu_check); each step has a time limit so a hang cannot eat the others.
+# `training` (a second call, about 5-9 minutes) checks what the kernels do not touch:
+#   1. the GPU-marked tests outside the kernels (probe peak memory, ZeRO/FSDP paths, GLUE on CUDA);
+#   2. benchmarks/memory.py on CUDA: torch.cuda.max_memory_allocated of one training step per mode,
+#      recompute setting and dtype, next to the saved-activation tables (docs/performance.md).
 #
 #   bash benchmarks/gpu_check.sh                # from the repository root, in the project's env
+#   bash benchmarks/gpu_check.sh training
 set -u
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check}"
@@ -29,6 +34,12 @@ step() {  # step NAME LIMIT_S CMD...
   echo "== $name: rc=$rc in $((SECONDS - t0)) s"
   tail -n 40 "$out/$name.txt"
 }
+
+if [ "${1:-kernels}" = training ]; then
+  step gpu_tests_training 300 python -m pytest -q -m gpu tests/metrics tests/train tests/evals -p no:cacheprovider
+  step memory 300 python benchmarks/memory.py --no-live
+  exit 0
+fi
 
 step gpu_tests 240 python -m pytest -q -m gpu tests/kernels -p no:cacheprovider
 step mixing 420 python benchmarks/mixing.py --sweep
