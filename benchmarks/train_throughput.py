@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_run_config(args.config)
+    root_config = Path(__file__).resolve().parents[1] / args.config  # run from anywhere
+    cfg = load_run_config(args.config if Path(args.config).exists() or not root_config.exists() else root_config)
     runs = {}
     for variant in variants:
         name, *overrides = variant.split("@")  # mhc@sinkhorn_iters=0: any model field, for what-if runs
