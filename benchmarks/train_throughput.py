@@ -10,6 +10,7 @@
                                                           # torch.compile of every decoder layer (train.compile),
                                                           # its compile time and the steps it takes to pay off
     python benchmarks/train_throughput.py ... --variants standard,mhc,mhc@sinkhorn_iters=0   # what Sinkhorn costs
+    python benchmarks/train_throughput.py --saved --variants standard,mhc,mhc@h_res_map=kronecker   # + saved activations
 
 Each mode runs the trainer's own step (forward, backward, clipping, AdamW with its decay groups)
 on random tokens; the modes are interleaved round-robin so that a load change on a shared machine
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated mode[:mixing_recompute][+compile][@field=value], e.g. mhc:block, "
                              "mhc+compile, mhc@sinkhorn_iters=0")
     parser.add_argument("--fwd-bwd-only", action="store_true", help="time forward + backward only (no optimizer)")
+    parser.add_argument("--saved", action="store_true",
+                        help="add the activations autograd saves in one forward, KiB per token (whole model, "
+                             "fp32; benchmarks/memory.py's method 1)")
     parser.add_argument("--profile", action="store_true",
                         help="after timing, print the ops' self CPU time per step of every variant (torch.profiler)")
     args = parser.parse_args(argv)
@@ -109,15 +113,24 @@ def main(argv: list[str] | None = None) -> int:
                 warm[mode] += dt
     tokens = args.batch * args.seq
     tps = {m: tokens / statistics.median(t) for m, t in times.items()}
+    saved = {}
+    if args.saved:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from memory import saved_bytes
+
+        ids = torch.randint(0, runs[variants[0]][2], (args.batch, args.seq + 1),
+                            generator=torch.Generator().manual_seed(0))
+        saved = {m: f" {saved_bytes(runs[m][0], ids, False) / 1024 / tokens:.2f} |" for m in variants}
     shape = runs[variants[0]][0].config
     print(f"\n{args.config}: C = {shape.hidden_size}, FFN {shape.intermediate_size}, {shape.num_hidden_layers} layers, "
           f"batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads, median of {args.steps} steps, "
           f"{'forward + backward' if args.fwd_bwd_only else 'full training step'}")
-    print("| mode | params | tokens/s | ratio to standard | time vs standard |\n|---|---:|---:|---:|---:|")
+    print("| mode | params | tokens/s | ratio to standard | time vs standard |" + (" saved act. KiB/token |" if saved else "")
+          + "\n|---|---:|---:|---:|---:|" + ("---:|" if saved else ""))
     for mode in variants:
         n = sum(p.numel() for p in runs[mode][0].parameters())
         ratio = tps[mode] / tps["standard"]
-        print(f"| {mode} | {n:,} | {tps[mode]:.0f} | {ratio:.3f} | {1 / ratio - 1:+.1%} |")
+        print(f"| {mode} | {n:,} | {tps[mode]:.0f} | {ratio:.3f} | {1 / ratio - 1:+.1%} |" + saved.get(mode, ""))
     compiled = [v for v in variants if "+compile" in v]
     if compiled:
         print("\n| compiled variant | compile time s (warm-up minus steady steps) | step ms eager -> compiled | "

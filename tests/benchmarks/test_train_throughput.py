@@ -22,13 +22,16 @@ def run(capsys, *args):
 
 
 def test_a_row_per_variant_with_overrides_applied(capsys):
-    code, out = run(capsys, "--variants", "standard,mhc,mhc@sinkhorn_iters=0,mhc:block@n_streams=2")
+    code, out = run(capsys, "--saved", "--variants", "standard,mhc,mhc@sinkhorn_iters=0,mhc:block@n_streams=2")
     assert code == 0
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert {"standard", "mhc", "mhc@sinkhorn_iters=0", "mhc:block@n_streams=2"} <= set(rows)
     params = {name: int(row.split("|")[2].replace(",", "")) for name, row in rows.items() if name != "mode"}
     assert params["mhc@sinkhorn_iters=0"] == params["mhc"]  # iterations change no parameter
     assert params["mhc:block@n_streams=2"] < params["mhc"]  # n = 2 streams: a smaller phi
+    saved = {name: float(row.split("|")[6]) for name, row in rows.items() if name != "mode"}
+    assert saved["mhc"] > saved["standard"] > 0  # n fp32 streams kept per sub-layer
+    assert saved["mhc:block@n_streams=2"] < saved["mhc"]
 
 
 def test_an_unknown_model_field_is_named(capsys):
