@@ -96,6 +96,15 @@ def ordered(runs: list[dict]) -> list[dict]:
     return sorted(runs, key=lambda r: (rank.get(r["mode"], 99), r["mode"], r["seed"]))
 
 
+def by_mode(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(mode, its rows) in the order the modes first appear (rows come from `ordered`)."""
+    return [(mode, [r for r in rows if r["mode"] == mode]) for mode in dict.fromkeys(r["mode"] for r in rows)]
+
+
+def diverged_text(row: dict) -> str:
+    return "no" if row["diverged_at"] is None else f"step {row['diverged_at']}"
+
+
 def fmt(x: float, spec: str = ".3g") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
@@ -130,7 +139,7 @@ def stress_tables(runs: list[dict]) -> tuple[str, dict]:
     lines = [f"| {r['mode']} | {r['seed']} | {r['steps']} | {fmt(r['final_val_loss'], '.3f')} | "
              f"{fmt(r['loss_spikes'], '.0f')} | {fmt(r['grad_norm_spikes'], '.0f')} | "
              f"{fmt(r['max_amax_fwd'])} / {fmt(r['max_amax_fwd_tokmax'])} | {fmt(r['max_grad_norm'])} | "
-             f"{'step %d' % r['diverged_at'] if r['diverged_at'] is not None else 'no'} | "
+             f"{diverged_text(r)} | "
              f"{r['wall_s'] / 60:.1f} min |" for r in rows]
     per_run = head + "\n".join(lines) + "\n"
     summary = {}
@@ -138,8 +147,7 @@ def stress_tables(runs: list[dict]) -> tuple[str, dict]:
              "| max composite Amax fwd (mean over tokens) | max grad norm | wall per run |\n"
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     mlines = []
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        g = [r for r in rows if r["mode"] == mode]
+    for mode, g in by_mode(rows):
         div = [r for r in g if r["diverged_at"] is not None]
         ok = [r for r in g if r["diverged_at"] is None]  # a diverged run's last eval is not a final loss
         summary[mode] = {"seeds": [r["seed"] for r in g], "diverged": {r["seed"]: r["diverged_at"] for r in div},
@@ -150,8 +158,8 @@ def stress_tables(runs: list[dict]) -> tuple[str, dict]:
             f"{mean_sd([r['final_val_loss'] for r in ok], '.3f')} | {mean_sd([r['loss_spikes'] for r in g], '.2g')} | "
             f"{mean_sd([r['grad_norm_spikes'] for r in g], '.2g')} | {mean_sd([r['max_amax_fwd'] for r in g])} | "
             f"{mean_sd([r['max_grad_norm'] for r in g])} | {mean_sd([r['wall_s'] / 60 for r in g], '.2g')} min |")
-    by_mode = mhead + "\n".join(mlines) + "\n"
-    return ("Per mode (mean ± sample std over seeds; val loss over the runs that did not diverge):\n\n" + by_mode
+    per_mode = mhead + "\n".join(mlines) + "\n"
+    return ("Per mode (mean ± sample std over seeds; val loss over the runs that did not diverge):\n\n" + per_mode
             + "\nPer run:\n\n" + per_run), {"runs": rows, "modes": summary}
 
 
@@ -232,14 +240,13 @@ def depth_tables(runs: list[dict]) -> tuple[str, dict]:
              f"{fmt(r['final_first_last'], '.2g')} ({r['final_step']}) | {pct(r['vanished_init'])} | "
              f"{pct(r['vanished_final'])} | "
              f"{fmt(r['grad_std_init'])} / {fmt(r['grad_std_final'])} | "
-             f"{'step %d' % r['diverged_at'] if r['diverged_at'] is not None else 'no'} | {r['wall_s'] / 60:.1f} min |"
+             f"{diverged_text(r)} | {r['wall_s'] / 60:.1f} min |"
              for r in rows]
     mhead = ("| mode | seeds | val loss | rms/grad layer 0 / last, init (per seed) | same, end (per seed) "
              "| layers with rms/grad < 1e-6 x last, init / end | vanished % @1e-4, init | @1e-4, end | @1e-7, end |\n"
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     mlines = []
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        g = [r for r in rows if r["mode"] == mode]
+    for mode, g in by_mode(rows):
         mlines.append(f"| {mode} | {len(g)} | {mean_sd([r['val_loss'] for r in g], '.3f')} | "
                       f"{', '.join(fmt(r['init_first_last'], '.2g') for r in g)} | "
                       f"{', '.join(fmt(r['final_first_last'], '.2g') for r in g)} | "
@@ -260,8 +267,7 @@ def depth_figure(runs: list[dict], path: Path) -> None:
 
     rows = [depth_row(r) for r in ordered(runs)]
     fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=80)
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        g = [r for r in rows if r["mode"] == mode]
+    for mode, g in by_mode(rows):
         for key, ls, when in (("init_profile", "--", "init"), ("final_profile", "-", f"step {g[0]['final_step']}")):
             # geometric mean over seeds; an exact zero (underflow) is drawn at the 1e-30 floor
             prof = np.exp(np.mean([np.log(np.maximum(r[key], 1e-30)) for r in g], axis=0))
