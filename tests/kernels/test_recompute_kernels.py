@@ -6,25 +6,19 @@ import torch
 
 pytest.importorskip("triton")
 
-from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM  # noqa: E402
+from mhc_lm.model import MhcLmForCausalLM  # noqa: E402
 from tests.kernels.test_custom_ops import _kernels_on_cpu  # noqa: E402
+from tests.model.helpers import loss_and_grads, perturbed, tiny_config  # noqa: E402
 
 
 def _run(mode, recompute, layers, bf16):
-    kw = dict(vocab_size=61, hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
-              num_key_value_heads=1, max_position_embeddings=32, residual_mode=mode, n_streams=4, sinkhorn_iters=6,
-              mhc_init="identity", pad_token_id=0, bos_token_id=1, eos_token_id=2, fused_kernels=True,
-              mixing_recompute=recompute, mixing_recompute_layers=layers)
     torch.manual_seed(0)
-    model = MhcLmForCausalLM(MhcLmConfig(**kw))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    model = perturbed(MhcLmForCausalLM(tiny_config(
+        mode, vocab_size=61, hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, sinkhorn_iters=6, mhc_init="identity",
+        fused_kernels=True, mixing_recompute=recompute, mixing_recompute_layers=layers)))
     ids = torch.randint(3, 61, (2, 64), generator=torch.Generator().manual_seed(1))  # 128 tokens: one program
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = model(ids, labels=ids)
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+    return loss_and_grads(model, ids, bf16)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])

@@ -1,4 +1,6 @@
-"""Tiny configs shared by the model tests."""
+"""Tiny configs and steps shared by the model tests."""
+
+import torch
 
 from mhc_lm.model import MhcLmConfig
 
@@ -13,3 +15,21 @@ def tiny_config(mode: str = "standard", **overrides) -> MhcLmConfig:
     )
     kwargs.update(overrides)
     return MhcLmConfig(**kwargs)
+
+
+def perturbed(model, scale=0.05, seed=1):
+    """Move every parameter off its init (its own generator), so every mixing path carries signal and
+    H_res is a generic point of the map's manifold."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def loss_and_grads(model, ids, bf16=False):
+    """One forward + backward with ids as their own labels: (loss, {name: grad})."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}

@@ -10,7 +10,7 @@ from mhc_lm.model.h_res_maps import H_RES_MAPS
 from mhc_lm.model.sinkhorn import sinkhorn
 from mhc_lm.model.stream_ops import mhc_coefficients_reference
 
-from .helpers import tiny_config
+from .helpers import loss_and_grads, perturbed, tiny_config
 
 MAPS = list(H_RES_MAPS)
 DS_MAPS = [m for m in MAPS if H_RES_MAPS[m].doubly_stochastic]
@@ -19,15 +19,6 @@ DS_MAPS = [m for m in MAPS if H_RES_MAPS[m].doubly_stochastic]
 def build(mode, seed=0, **overrides):
     torch.manual_seed(seed)
     return MhcLmForCausalLM(tiny_config(mode, **overrides)).eval()
-
-
-def perturbed(model, scale=0.05, seed=1):
-    """Move every parameter off its init, so H_res is a generic point of the map's manifold."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return model
 
 
 @pytest.mark.parametrize("h_res_map", MAPS)
@@ -140,10 +131,7 @@ def test_fused_coefficients_fall_back_to_the_reference(h_res_map, monkeypatch):
 def _grads(h_res_map, recompute):
     model = perturbed(build("mhc", h_res_map=h_res_map, mixing_recompute=recompute, mhc_init="identity",
                             sinkhorn_iters=6)).train()
-    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(1))
-    out = model(ids, labels=ids)
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+    return loss_and_grads(model, torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(1)))
 
 
 @pytest.mark.parametrize("h_res_map", [m for m in MAPS if m != "sinkhorn"])

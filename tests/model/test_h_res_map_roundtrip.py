@@ -12,7 +12,7 @@ import torch
 from mhc_lm.model import MhcLmForCausalLM
 from mhc_lm.model.h_res_maps import H_RES_MAPS
 
-from .helpers import tiny_config
+from .helpers import perturbed, tiny_config
 
 CHILD = textwrap.dedent(
     """
@@ -46,10 +46,8 @@ def test_every_map_round_trips_and_generates_with_the_cache(tmp_path):
     ids = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(0))
     for name in H_RES_MAPS:
         torch.manual_seed(0)
-        model = MhcLmForCausalLM(tiny_config("mhc", h_res_map=name, num_hidden_layers=2)).eval()
-        with torch.no_grad():  # off the init: loading must restore it (orthogonal's phi_res = 0 included)
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
+        # off the init: loading must restore it (orthogonal's phi_res = 0 included)
+        model = perturbed(MhcLmForCausalLM(tiny_config("mhc", h_res_map=name, num_hidden_layers=2)).eval())
         model.save_pretrained(tmp_path / name)
         assert (tmp_path / name / "h_res_maps.py").is_file()
         with torch.no_grad():

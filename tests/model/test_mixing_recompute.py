@@ -7,27 +7,19 @@ import pytest
 import torch
 
 from mhc_lm.model import MhcLmForCausalLM
-from tests.model.helpers import tiny_config
+from tests.model.helpers import loss_and_grads, perturbed, tiny_config
 
 SETTINGS = [("sublayer", None), ("block", None), ("block", 1), ("block", 3)]  # L_r None = paper default (2 here)
 
 
 def _model(mode, recompute="none", layers=None, **kw):
     torch.manual_seed(0)
-    model = MhcLmForCausalLM(tiny_config(mode, mixing_recompute=recompute, mixing_recompute_layers=layers,
-                                         mhc_init="identity", sinkhorn_iters=6, **kw))
-    with torch.no_grad():  # move off the init so every mixing path carries signal
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return perturbed(MhcLmForCausalLM(tiny_config(mode, mixing_recompute=recompute, mixing_recompute_layers=layers,
+                                                  mhc_init="identity", sinkhorn_iters=6, **kw)))
 
 
 def _step(model, bf16=False):
-    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(1))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = model(ids, labels=ids)
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+    return loss_and_grads(model, torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(1)), bf16)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
