@@ -19,27 +19,21 @@ of instability at scale. Matrices use the [old stream i, new stream j] conventio
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from .norm_projection import norm_projection
-from .recompute import mix_in, stream_of
-from .stream_ops import dispatch, post_res
+from .stream_connection import StreamConnection
+from .stream_ops import dispatch
 
 
-class HyperConnection(nn.Module):
-    """One HC residual connection around a sub-layer; x is (B, T, n, C)."""
+class HyperConnection(StreamConnection):
+    """One HC residual connection around a sub-layer; x is (B, T, n, C) (`StreamConnection.forward`)."""
 
     def __init__(self, config, sublayer_idx: int):
-        super().__init__()
+        super().__init__(config, sublayer_idx)
         n, C = config.n_streams, config.hidden_size
-        self.n_streams = n
-        self.sublayer_idx = sublayer_idx
         self.dynamic = config.hc_dynamic
-        self.eps = config.rms_norm_eps
-        self.fused = config.fused_kernels
         self.init_scale = 0.01
         self.static_alpha_m = nn.Parameter(torch.zeros(n))  # A_m, init e_(k mod n)
         self.static_alpha_r = nn.Parameter(torch.zeros(n, n))  # A_r [i, j], init I
@@ -51,8 +45,6 @@ class HyperConnection(nn.Module):
             # cannot give ("self.dim() cannot be 0 to view Float as Byte")
             self.dynamic_alpha_scale = nn.Parameter(torch.zeros(1))
             self.dynamic_beta_scale = nn.Parameter(torch.zeros(1))
-        self.record_mixing = False
-        self.last_mixing: torch.Tensor | None = None
 
     def reset_static(self) -> dict[str, torch.Tensor]:
         """Init values (Pre-Norm equivalent), keyed by parameter name."""
@@ -78,10 +70,6 @@ class HyperConnection(nn.Module):
                 state_dict[prefix + name] = value.reshape(1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j], B (N, n), all fp32."""
-        return self._coefficients(x, *self._mixing_params())
-
     def _mixing_params(self) -> tuple[torch.Tensor, ...]:
         static = (self.static_alpha_m, self.static_alpha_r, self.static_beta)
         if not self.dynamic:
@@ -89,6 +77,7 @@ class HyperConnection(nn.Module):
         return static + (self.norm_weight, self.dynamic_proj, self.dynamic_alpha_scale, self.dynamic_beta_scale)
 
     def _coefficients(self, x, alpha_m, alpha_r, beta, norm_weight=None, proj=None, alpha_scale=None, beta_scale=None):
+        """x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j], B (N, n), all fp32."""
         N, n = x.shape[0], self.n_streams
         a_m = alpha_m.float().expand(N, n)
         a_r = alpha_r.float().expand(N, n, n)
@@ -110,16 +99,3 @@ class HyperConnection(nn.Module):
         a_m, a_r, b = self._coefficients(xs, *params)
         pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams)
         return pre_mix(xs, a_m), a_r, b
-
-    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], recompute=None) -> torch.Tensor:
-        """recompute: None, "sublayer" or a block's stream reference (`recompute.py`)."""
-        B, T, n, C = x.shape
-        xs = x.reshape(B * T, n, C)  # (N, n, C)
-        h, a_r, b = mix_in(self._mix_in, xs, self._mixing_params(), recompute)  # width connection
-        if self.record_mixing:
-            self.last_mixing = a_r.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
-        f = sublayer(h.view(B, T, C))  # (B, T, C)
-        forward_fn = dispatch("post_res", self.fused, x.device, n)
-        backward_fn = dispatch("post_res_backward", self.fused, x.device, n)
-        out = post_res(xs, f.reshape(B * T, C), a_r, b, forward_fn, backward_fn, stream_of(recompute))
-        return out.view(B, T, n, C)  # depth connection

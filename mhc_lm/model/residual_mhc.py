@@ -31,27 +31,21 @@ All coefficients (a, b, H, Sinkhorn) are fp32 regardless of autocast.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from .h_res_maps import get_h_res_map
-from .recompute import mix_in, stream_of
-from .stream_ops import dispatch, post_res
+from .stream_connection import StreamConnection
+from .stream_ops import dispatch
 
 
-class ManifoldHyperConnection(nn.Module):
-    """One mHC residual connection around a sub-layer; x is (B, T, n, C)."""
+class ManifoldHyperConnection(StreamConnection):
+    """One mHC residual connection around a sub-layer; x is (B, T, n, C) (`StreamConnection.forward`)."""
 
     def __init__(self, config, sublayer_idx: int):
-        super().__init__()
+        super().__init__(config, sublayer_idx)
         n, C = config.n_streams, config.hidden_size
-        self.n_streams = n
-        self.sublayer_idx = sublayer_idx
         self.sinkhorn_iters = config.sinkhorn_iters
-        self.eps = config.rms_norm_eps
-        self.fused = config.fused_kernels
         self.init = config.mhc_init
         self.gate_init = config.mhc_gate_init
         self.phi_std = config.initializer_range
@@ -61,8 +55,6 @@ class ManifoldHyperConnection(nn.Module):
         self.phi = nn.Parameter(torch.zeros(n * C, 2 * n + K))  # [phi_pre | phi_post | phi_res]
         self.alpha = nn.Parameter(torch.zeros(3))  # gates (a_pre, a_post, a_res)
         self.bias = nn.Parameter(torch.zeros(2 * n + K))  # [b_pre | b_post | b_res (sinkhorn: row-major n x n)]
-        self.record_mixing = False
-        self.last_mixing: torch.Tensor | None = None
 
     def init_bias(self) -> torch.Tensor:
         n = self.n_streams
@@ -80,11 +72,11 @@ class ManifoldHyperConnection(nn.Module):
             phi[:, 2 * self.n_streams:] = 0.0
         return phi
 
-    def coefficients(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """xs (N, n, C) -> H_pre (N, n), H_post (N, n), H_res (N, n, n) [old i, new j], fp32."""
-        return self._coefficients(xs, self.phi, self.alpha, self.bias)
+    def _mixing_params(self) -> tuple[torch.Tensor, ...]:
+        return self.phi, self.alpha, self.bias
 
     def _coefficients(self, xs, phi, alpha, bias):
+        """xs (N, n, C) -> H_pre (N, n), H_post (N, n), H_res (N, n, n) [old i, new j], fp32."""
         N, n, C = xs.shape
         # the fused coefficient kernel knows Sinkhorn's n^2 logits only: other maps take the reference
         fused_coefficients = self.fused and self.h_res_map.name == "sinkhorn"
@@ -100,16 +92,3 @@ class ManifoldHyperConnection(nn.Module):
         h_pre, h_post, h_res = self._coefficients(xs, phi, alpha, bias)
         pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams)
         return pre_mix(xs, h_pre), h_res, h_post
-
-    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], recompute=None) -> torch.Tensor:
-        """recompute: None, "sublayer" or a block's stream reference (`recompute.py`)."""
-        B, T, n, C = x.shape
-        xs = x.reshape(B * T, n, C)  # (N, n, C)
-        layer_in, h_res, h_post = mix_in(self._mix_in, xs, (self.phi, self.alpha, self.bias), recompute)
-        if self.record_mixing:
-            self.last_mixing = h_res.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
-        f = sublayer(layer_in.view(B, T, C))  # F(H_pre x_l), (B, T, C)
-        forward_fn = dispatch("post_res", self.fused, x.device, n)
-        backward_fn = dispatch("post_res_backward", self.fused, x.device, n)
-        out = post_res(xs, f.reshape(B * T, C), h_res, h_post, forward_fn, backward_fn, stream_of(recompute))
-        return out.view(B, T, n, C)  # H_res x_l + H_post^T f

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 import mhc_lm.kernels as kernels  # noqa: E402
 from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM  # noqa: E402
-from mhc_lm.model import h_res_maps, residual_hc, residual_mhc, stream_ops  # noqa: E402
+from mhc_lm.model import h_res_maps, residual_hc, residual_mhc, stream_connection, stream_ops  # noqa: E402
 from mhc_lm.model.sinkhorn import sinkhorn_reference  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,9 +98,9 @@ def _kernels_on_cpu(monkeypatch) -> list:
             return kernels.fused_sinkhorn(logits, iters, eps)
         return sinkhorn_reference(logits, iters, eps)
 
-    monkeypatch.setattr(residual_mhc, "dispatch", dispatch)
+    for module in (residual_mhc, residual_hc, stream_connection):  # mix-in in the modes, post + residual shared
+        monkeypatch.setattr(module, "dispatch", dispatch)
     monkeypatch.setattr(h_res_maps, "sinkhorn", sinkhorn)  # mHC calls Sinkhorn through its H_res map
-    monkeypatch.setattr(residual_hc, "dispatch", dispatch)
     return calls
 
 

@@ -11,11 +11,12 @@ pytest.importorskip("triton")
 import torch  # noqa: E402
 
 import mhc_lm.model.residual_mhc as residual_mhc  # noqa: E402
+import mhc_lm.model.stream_connection as stream_connection  # noqa: E402
 from mhc_lm.kernels import fused_post_res, fused_post_res_backward, fused_pre_mix  # noqa: E402
 from mhc_lm.model import MhcLmForCausalLM  # noqa: E402
 from mhc_lm.model.h_res_maps import H_RES_MAPS  # noqa: E402
 from mhc_lm.model.stream_ops import post_res, post_res_backward_reference, post_res_reference  # noqa: E402
-from tests.model.helpers import tiny_config  # noqa: E402
+from tests.model.helpers import perturbed, tiny_config  # noqa: E402
 
 from .cases import TOL, assert_close  # noqa: E402
 
@@ -67,10 +68,7 @@ def _loss_and_grads(h_res_map, fused, recompute="none"):
     torch.manual_seed(0)
     model = MhcLmForCausalLM(tiny_config("mhc", h_res_map=h_res_map, num_hidden_layers=1, fused_kernels=fused,
                                          mixing_recompute=recompute, sinkhorn_iters=5))
-    with torch.no_grad():  # off the init: orthogonal's H_res is I there
-        gen = torch.Generator().manual_seed(3)
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    perturbed(model, scale=0.2, seed=3)  # off the init: orthogonal's H_res is I there
     ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(1))
     out = model(ids, labels=ids)
     out.loss.backward()
@@ -81,7 +79,8 @@ def _loss_and_grads(h_res_map, fused, recompute="none"):
 def test_model_with_fused_mixing_equals_reference(h_res_map, monkeypatch):
     logits_ref, grads_ref = _loss_and_grads(h_res_map, False)
     calls = []
-    monkeypatch.setattr(residual_mhc, "dispatch", _fused_dispatch(residual_mhc.dispatch, calls))
+    for module in (residual_mhc, stream_connection):  # mix-in in the mode, post + residual shared
+        monkeypatch.setattr(module, "dispatch", _fused_dispatch(module.dispatch, calls))
     for recompute in ("none", "block"):
         calls.clear()
         logits, grads = _loss_and_grads(h_res_map, True, recompute)
