@@ -106,6 +106,11 @@ class StabilityCallback:
         pass
 
 
+def _sum_over_ranks(acc):
+    """reduce(tensor) -> its sum over ranks, or None in a single process (nothing to reduce)."""
+    return (lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None
+
+
 def _partitioned(trainer) -> str | None:
     """'ZeRO-3' / 'FSDP' when parameters are sharded across ranks, else None."""
     from accelerate.utils import DistributedType
@@ -156,7 +161,7 @@ class ProbeCallback:
 
     def probe(self, trainer) -> dict[str, float]:
         acc = trainer.accelerator
-        reduce = (lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None
+        reduce = _sum_over_ranks(acc)
         model = trainer.unwrapped_model
         # FSDP: outside its forward the root unit's parameters (embedding, final norm) are flat 1-D
         # shards, so the forward goes through the wrapped model, which gathers every unit in turn.
@@ -227,7 +232,7 @@ def _fp32_masters(acc):
             return NOT_MANAGED if acc.is_main_process else None
         return m
 
-    return master, ((lambda t: acc.reduce(t, "sum")) if acc.num_processes > 1 else None)
+    return master, _sum_over_ranks(acc)
 
 
 def build_callbacks(config, trainer) -> list:

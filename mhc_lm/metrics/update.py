@@ -62,12 +62,10 @@ def update_ratios(before: dict, model: nn.Module, master=None, reduce=None) -> d
     the model's parameters now. `reduce(tensor)`: sum over ranks (pieces of partitioned masters);
     it must then be called on every rank, and every rank must hold the same parameter names."""
     sums: dict[str, list] = defaultdict(list)  # group -> [(|delta|^2, |theta|^2) per parameter], on device
-    device = None
     for name, p in model.named_parameters():
         if name not in before:
             continue
         old, now = before[name], _measured(p, master)
-        device = device or p.device
         if old is None or now is None or old.shape != now.shape:
             if reduce is None:
                 continue

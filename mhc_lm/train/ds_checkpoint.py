@@ -93,7 +93,7 @@ def zero_fp32_state_dict(ckpt: Path, tag: str = "pytorch_model") -> dict[str, to
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
 
 
-_NOT_DEEPSPEED = object()
+NOT_DEEPSPEED = object()  # local_fp32_master's answer for a parameter DeepSpeed does not manage
 
 
 def local_fp32_master(param: torch.nn.Parameter):
@@ -109,7 +109,5 @@ def local_fp32_master(param: torch.nn.Parameter):
     if hasattr(param, "_hp_mapping"):
         mapping = param._hp_mapping
         return None if mapping is None else mapping.get_hp_fragment()
-    return _NOT_DEEPSPEED
+    return NOT_DEEPSPEED
 
-
-NOT_DEEPSPEED = _NOT_DEEPSPEED
