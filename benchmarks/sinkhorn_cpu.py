@@ -24,19 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mhc_lm.model.sinkhorn import SINKHORN_EPS, _normalisations, _sinkhorn_iterates  # noqa: E402
+from mhc_lm.model.sinkhorn import SINKHORN_EPS, _sinkhorn_backward, _sinkhorn_forward  # noqa: E402
 
 
 def reference_forward(lt, iters):
-    return _sinkhorn_iterates(lt, iters, SINKHORN_EPS)[1][-1]
+    return _sinkhorn_forward(lt, iters, SINKHORN_EPS)
 
 
 def reference_backward(lt, g, iters):
-    """The walk of `_Sinkhorn.backward` on (n, n, N) tensors (re-run + vector-Jacobian products)."""
-    soft, steps, denominators = _sinkhorn_iterates(lt, iters, SINKHORN_EPS)
-    for k, (dim, _) in reversed(list(enumerate(_normalisations(iters)))):
-        g = (g - (g * steps[k + 1]).sum(dim=dim, keepdim=True)) / denominators[k]
-    return soft * (g - (g * soft).sum(dim=1, keepdim=True))
+    """What `_Sinkhorn.backward` runs on (n, n, M) tensors (re-run + vector-Jacobian products)."""
+    return _sinkhorn_backward(lt, g, iters, SINKHORN_EPS)
 
 
 def scaled_forward(lt, iters):

@@ -94,17 +94,25 @@ class _Sinkhorn(torch.autograd.Function):
         ctx.iters, ctx.eps = iters, eps
         lt = _tokens_last(logits)
         ctx.save_for_backward(lt)
-        return _tokens_first(_sinkhorn_iterates(lt, iters, eps)[1][-1], logits.shape)
+        return _tokens_first(_sinkhorn_forward(lt, iters, eps), logits.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (lt,) = ctx.saved_tensors
-        soft, steps, denominators = _sinkhorn_iterates(lt, ctx.iters, ctx.eps)
-        g = _tokens_last(grad)
-        for k, (dim, _) in reversed(list(enumerate(_normalisations(ctx.iters)))):
-            g = (g - (g * steps[k + 1]).sum(dim=dim, keepdim=True)) / denominators[k]
-        g = soft * (g - (g * soft).sum(dim=1, keepdim=True))  # row softmax
-        return _tokens_first(g, grad.shape), None, None
+        return _tokens_first(_sinkhorn_backward(lt, _tokens_last(grad), ctx.iters, ctx.eps), grad.shape), None, None
+
+
+def _sinkhorn_forward(lt: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """The projection of lt (n, n, M), tokens last, without a graph."""
+    return _sinkhorn_iterates(lt, iters, eps)[1][-1]
+
+
+def _sinkhorn_backward(lt: torch.Tensor, g: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """dL/d logits for g = dL/d output, both (n, n, M) tokens last: re-run the iteration, walk it back."""
+    soft, steps, denominators = _sinkhorn_iterates(lt, iters, eps)
+    for k, (dim, _) in reversed(list(enumerate(_normalisations(iters)))):
+        g = (g - (g * steps[k + 1]).sum(dim=dim, keepdim=True)) / denominators[k]
+    return soft * (g - (g * soft).sum(dim=1, keepdim=True))  # row softmax
 
 
 def sinkhorn_reference(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS, eps: float = SINKHORN_EPS) -> torch.Tensor:
@@ -117,7 +125,7 @@ def sinkhorn_reference(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.to(dtype)
         if not (torch.is_grad_enabled() and logits.requires_grad):
-            return _tokens_first(_sinkhorn_iterates(_tokens_last(logits), iters, eps)[1][-1], logits.shape)
+            return _tokens_first(_sinkhorn_forward(_tokens_last(logits), iters, eps), logits.shape)
         return _Sinkhorn.apply(logits, iters, eps)
 
 
