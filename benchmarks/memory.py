@@ -55,11 +55,9 @@ VARIANTS = [("standard", "none"), ("grid", "none"), ("hc", "none"), ("hc", "subl
 
 
 def build(shape: dict, mode: str, recompute: str, layers: int, device: str) -> MhcLmForCausalLM:
-    probe = MhcLmConfig(**shape["model"], num_hidden_layers=shape["full_layers"], residual_mode="mhc",
-                        mixing_recompute="block")
-    L_r = probe.resolved_recompute_layers  # the full model's block length
+    L_r = base_layers(shape, "mhc", "block") if recompute == "block" else None  # the full model's block length
     cfg = MhcLmConfig(**shape["model"], num_hidden_layers=layers, residual_mode=mode, n_streams=4, grid_size=2,
-                      mixing_recompute=recompute, mixing_recompute_layers=L_r if recompute == "block" else None)
+                      mixing_recompute=recompute, mixing_recompute_layers=L_r)
     torch.manual_seed(0)
     return MhcLmForCausalLM(cfg).to(device).train()
 
@@ -175,7 +173,7 @@ def per_layer(shape, mode, recompute, bf16, device, method) -> float:
     return (values[1] - values[0]) / L1 / tokens / 1024
 
 
-def step_time(shape, mode, recompute, rounds: int, threads: int) -> dict:
+def step_time(shape, rounds: int, threads: int) -> dict:
     """Median forward + backward time per setting, all settings interleaved round-robin."""
     torch.set_num_threads(threads)
     models = {v: build(shape, *v, shape["full_layers"], "cpu") for v in VARIANTS}
@@ -203,38 +201,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtypes = args.dtypes.split(",")
+    chosen = VARIANTS if args.variants is None else \
+        [("standard", "none")] + [tuple(v.split(":")) for v in args.variants.split(",") if v != "standard:none"]
     for shape_name in args.shapes.split(","):
         shape = SHAPES[shape_name]
         m = shape["model"]
         print(f"\n### {shape_name}: C = {m['hidden_size']}, FFN {m['intermediate_size']}, n = 4, "
               f"{shape['batch']} x {shape['seq']} tokens, L_r = {base_layers(shape, 'mhc', 'block')} "
               f"(full depth {shape['full_layers']}), {device}")
-        head = "| mode | recompute |" + "".join(f" {d} KiB/tok/layer | {d} vs std |" for d in args.dtypes.split(","))
+        head = "| mode | recompute |" + "".join(f" {d} KiB/tok/layer | {d} vs std |" for d in dtypes)
         if not args.no_live:
-            head += "".join(f" {d} live KiB/tok/layer |" for d in args.dtypes.split(","))
+            head += "".join(f" {d} live KiB/tok/layer |" for d in dtypes)
         print(head + "\n|---|---|" + "---:|" * (head.count("|") - 3))
-        rows, std = {}, {}
-        chosen = VARIANTS if args.variants is None else \
-            [("standard", "none")] + [tuple(v.split(":")) for v in args.variants.split(",") if v != "standard:none"]
+        std = {}
         for mode, rc in chosen:
             cells = []
-            for dtype in args.dtypes.split(","):
+            for dtype in dtypes:
                 kib = per_layer(shape, mode, rc, dtype == "bf16", device, saved_bytes)
                 std.setdefault(dtype, kib)  # standard is first
                 cells.append(f" {kib:.1f} | {kib / std[dtype]:.2f}x |")
             if not args.no_live:
-                for dtype in args.dtypes.split(","):
+                for dtype in dtypes:
                     cells.append(f" {per_layer(shape, mode, rc, dtype == 'bf16', device, live_bytes):.1f} |")
-            rows[(mode, rc)] = cells
             print(f"| {mode} | {rc} |" + "".join(cells), flush=True)
         if device == "cuda":
-            print("\n| mode | recompute | " + " | ".join(f"{d} max_memory_allocated GiB" for d in args.dtypes.split(",")) + " |")
-            for mode, rc in VARIANTS:
-                peaks = [cuda_step_peak(shape, mode, rc, d == "bf16") / 2**30 for d in args.dtypes.split(",")]
+            print("\n| mode | recompute | " + " | ".join(f"{d} max_memory_allocated GiB" for d in dtypes) + " |")
+            for mode, rc in chosen:
+                peaks = [cuda_step_peak(shape, mode, rc, d == "bf16") / 2**30 for d in dtypes]
                 print(f"| {mode} | {rc} | " + " | ".join(f"{p:.2f}" for p in peaks) + " |", flush=True)
     if args.step_time:
         shape = SHAPES["tiny"]
-        times = step_time(shape, None, None, args.rounds, args.threads)
+        times = step_time(shape, args.rounds, args.threads)
         base = times[("standard", "none")]
         print(f"\n### step time (forward + backward), tiny shape, {args.threads} thread(s), "
               f"median of {args.rounds} interleaved rounds\n| mode | recompute | ms | vs standard |\n|---|---|---:|---:|")
