@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for variant in variants:
         name, *overrides = variant.split("@")  # mhc@sinkhorn_iters=0: any model field, for what-if runs
-        name, compiled = name.removesuffix("+compile"), name.endswith("+compile")
+        name, compile_it = name.removesuffix("+compile"), name.endswith("+compile")
         mode, _, recompute = name.partition(":")
         torch.manual_seed(0)
         mcfg = build_model_config(cfg.model)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"variant {variant!r}: the model config has no field {field!r}")
             setattr(mcfg, field, type(getattr(mcfg, field))(value))
         model = MhcLmForCausalLM(mcfg).train()
-        if compiled:  # as the trainer does with train.compile: each decoder layer, compiled on its first call
+        if compile_it:  # as the trainer does with train.compile: each decoder layer, compiled on its first call
             apply_compile(model)
         runs[variant] = (model, build_optimizer(model, cfg.optim), mcfg.vocab_size)
 
