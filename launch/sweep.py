@@ -94,7 +94,7 @@ def check_config(config: str, overrides: list[str], modes: tuple[str, ...] = ("s
     every mode of the sweep (e.g. an h_res_map that needs another n_streams), and on overrides of what
     the sweep sets per run."""
     from mhc_lm.config_utils import ConfigError
-    from mhc_lm.train.config import build_model_config, load_run_config
+    from mhc_lm.train.config import load_run_config
 
     taken = [o for o in overrides if o.split("=", 1)[0].strip() in SET_BY_SWEEP]
     if taken:
@@ -102,8 +102,8 @@ def check_config(config: str, overrides: list[str], modes: tuple[str, ...] = ("s
                          "(use --modes, --seeds / --seed-offset and --out instead)")
     try:
         for mode in modes:
+            # load_run_config also builds the model config: a bad mode, map or model setting fails here
             cfg = load_run_config(config, [*mode_overrides(mode), "train.seed=0", *overrides])
-            build_model_config(cfg.model)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"config error ({mode}): {err}") from err
     if cfg.data.order_seed is not None:
