@@ -38,8 +38,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-EPS_KEYS = ("vanished/1e-04", "vanished/1e-05", "vanished/1e-06", "vanished/1e-07")
-MODE_ORDER = ("standard", "hc", "mhc", "grid")
+from evals.comparison.load import MODE_ORDER
+from evals.comparison.summary import EPS_KEYS
+from mhc_lm.train.run_log import read_metrics
+
 COLORS = {"standard": "tab:blue", "hc": "tab:red", "mhc": "tab:green", "grid": "tab:orange"}
 
 
@@ -51,14 +53,7 @@ def load(run_dir: Path) -> dict:
     if not metrics.is_file():
         raise SystemExit(f"{run_dir}: no metrics.jsonl (not a run directory, or the run never started)")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    records = []
-    for line in metrics.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if isinstance(rec, dict) and "step" in rec:
-            records.append(rec)
+    records = [rec for rec in read_metrics(metrics) if "step" in rec]  # lines cut by a crash are skipped
     note = (run_dir / "DIVERGED").read_text().strip() if (run_dir / "DIVERGED").is_file() else None
     diverged_at = None
     if note is not None:
