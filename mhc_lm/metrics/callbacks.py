@@ -4,7 +4,7 @@
         spike/loss, spike/loss_count, spike/loss_score, spike/loss_z,
         spike/grad_norm, spike/grad_norm_count, spike/grad_norm_score, loss_volatility
     ProbeCallback: every `probe_every` steps (and at the last step), on `trainer.probe_batch`
-        amax/..., spectral/composite[_max], rms/act/..., rms/grad/..., vanished/..., grad_std, probe/loss
+        amax/..., spectral/composite[_max], streams/..., h_res/..., rms/act/..., rms/grad/..., vanished/..., grad_std, probe/loss
     UpdateRatioCallback: on the same steps, the update/parameter ratio of that step's update
         update_ratio/layer_XX, update_ratio/other, update_ratio/global
 
@@ -170,7 +170,8 @@ class ProbeCallback:
         with eval_mode(model), acc.autocast():
             metrics = probe_model(model, trainer.probe_batch, eps=self.config.vanished_eps,
                                   exclude=self.config.vanished_exclude, amax=self.config.probe_amax,
-                                  gradients=self.gradients, reduce_counts=reduce, forward_model=forward)
+                                  gradients=self.gradients, reduce_counts=reduce, forward_model=forward,
+                                  streams=self.config.probe_streams)
         return metrics
 
     def on_train_end(self, trainer) -> None:

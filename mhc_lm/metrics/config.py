@@ -27,6 +27,8 @@ class MetricsConfig:
     """Parameter-name substrings left out of the vanished ratio (embedding rows of unseen tokens get exact zeros)."""
     probe_amax: bool = True
     """Record hc/mhc mixing matrices on the probe batch and log their Amax gains."""
+    probe_streams: bool = True
+    """hc/mhc: also log stream diversity and the distances of H_res from I and J/n (mhc_lm/metrics/streams.py)."""
     probe_at_init: bool = True
     """Also probe before the first step (a metrics.jsonl line with step 0 and only probe values)."""
     probe_gradients: bool = True

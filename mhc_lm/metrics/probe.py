@@ -24,6 +24,7 @@ Names (see docs/stability.md):
     rms/grad/layer_XX  RMS of dLoss/d(residual stream after layer XX)
     vanished/1e-04 ... vanished/1e-07, grad_std, probe/loss
     vanished_backbone/1e-04 ..., grad_std_backbone   the same without hc/mhc mixing parameters
+    streams/..., h_res/...   hc/mhc stream diversity and distances of H_res from I and J/n (`streams.py`)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from .amax import mixing_amax_metrics
+from .streams import stream_metrics
 from .vanished import vanished_counts, vanished_from_counts
 
 
@@ -64,6 +66,7 @@ def probe_model(
     gradients: bool = True,
     reduce_counts=None,
     forward_model: nn.Module | None = None,
+    streams: bool = True,
 ) -> dict[str, float]:
     """Probe metrics of `model` (an MhcLmForCausalLM) on batch {"input_ids", "labels"} (B, T).
 
@@ -72,6 +75,7 @@ def probe_model(
     rank's probe batch are then pooled); it must be called on every rank.
     forward_model: what to call for the forward (default `model`), e.g. the FSDP-wrapped model;
     hooks and parameters are still read from `model`.
+    streams: also the hc/mhc stream telemetry of `streams.py` (H_res distances need `amax`, which records H_res).
     """
     inner = base_model(model)
     mixers = list(inner.mixing_modules()) if (amax and hasattr(inner, "mixing_modules")) else []
@@ -105,6 +109,9 @@ def probe_model(
             metrics.update(mixing_amax_metrics(mats))
         elif not mixers:  # standard / grid: the residual is the identity (grid merges are means: row sums 1)
             metrics.update({"amax/fwd/composite": 1.0, "amax/bwd/composite": 1.0, "spectral/composite": 1.0})
+
+    if streams:
+        metrics.update(stream_metrics(outputs, mats if (amax and all(m is not None for m in mats)) else ()))
 
     for i, out in enumerate(outputs):
         if out is not None:
