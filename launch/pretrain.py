@@ -11,7 +11,10 @@ Overrides are dotted `section.key=value` pairs (CLI > file > defaults). An exist
 resumed from its latest complete checkpoint (checkpoint.resume=auto); SIGTERM/SIGINT write a
 checkpoint and stop. Exit codes: 0 completed, 2 bad config (or a run_dir / checkpoint that cannot
 be used), 3 diverged, 4 interrupted by a signal (checkpoint written: rerun the same command to
-resume), so `pretrain.py ... && next-step` never goes on with an unfinished run. Under
+resume), so `pretrain.py ... && next-step` never goes on with an unfinished run.
+`--resume-with KEY=VALUE` (repeatable) resumes with a sanctioned change of a setting that resume
+otherwise refuses to change (optim.lr, optim.warmup_steps, optim.min_lr_ratio, optim.z_loss,
+train.grad_clip; mhc_lm/train/resume_with.py); the change is recorded in meta.json. Under
 `accelerate launch` the launcher returns 1 for any non-zero worker code (the workers' codes and
 messages are in the log).
 """
@@ -34,14 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
     parser.add_argument("--resume", default=None, help="checkpoint dir, 'auto' or 'none' (= checkpoint.resume)")
+    parser.add_argument("--resume-with", action="append", default=[], metavar="KEY=VALUE",
+                        help="resume with this sanctioned change (repeatable), e.g. --resume-with optim.lr=1e-3")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
 
     from mhc_lm.train import Trainer, TrainingDiverged, load_run_config
+    from mhc_lm.train.resume_with import parse_cli
 
     try:
-        config = load_run_config(args.config, overrides)
+        changed, keys = parse_cli(args.resume_with)
+        config = load_run_config(args.config, overrides + changed)
+        config.checkpoint.resume_with = sorted(set(config.checkpoint.resume_with) | set(keys))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG

@@ -123,6 +123,14 @@ class TrainConfig:
     """Force CPU even when CUDA is available (CPU is used anyway without CUDA)."""
     dist_backend: str | None = None
     """torch.distributed backend override; None = nccl on CUDA, gloo on CPU."""
+    on_spike: Literal["none", "skip", "rewind"] = "none"
+    """What a loss / grad-norm spike (metrics.spike_window / spike_sigma rule) does: none (log it only), skip
+    (drop that optimizer update, decided on device) or rewind (restore the last checkpoint, skip batches).
+    docs/stability.md, "Spike policy"."""
+    rewind_skip_batches: int = 1
+    """rewind: the data goes on this many global batches after the spiking step's batch (1 = drop that batch)."""
+    max_rewinds: int = 3
+    """rewind: rewinds allowed in the run; the next spike after them stops it as diverged (exit 3)."""
 
 
 @dataclass
@@ -147,6 +155,8 @@ class OptimConfig:
     """Linear warmup steps from 0 to the peak."""
     decay_fraction: float = 0.2
     """WSD: fraction of max_steps spent in the final (linear) decay."""
+    z_loss: float = 0.0
+    """PaLM's auxiliary z-loss coefficient: adds z_loss * mean(log^2 Z) to the training loss (0 = off; PaLM 1e-4)."""
 
 
 @dataclass
@@ -159,6 +169,9 @@ class CheckpointConfig:
     """auto (latest complete checkpoint of run_dir, if any) | none | path to a checkpoint directory."""
     save_at_end: bool = True
     """Write a checkpoint after the last step."""
+    resume_with: list[str] = field(default_factory=list)
+    """Dotted settings allowed to differ from the checkpointed run on resume (sanctioned changes, e.g.
+    [optim.lr]; launch/pretrain.py --resume-with KEY=VALUE sets both). Choices: mhc_lm/train/resume_with.py."""
 
 
 @dataclass
@@ -220,10 +233,19 @@ class RunConfig:
             ("train.eval_batches", t.eval_batches, t.eval_batches >= 1, ">= 1"),
             ("checkpoint.every", self.checkpoint.every, self.checkpoint.every >= 0, ">= 0 (0 = on signals and at the end)"),
             ("logging.log_every", self.logging.log_every, self.logging.log_every >= 1, ">= 1"),
+            ("train.rewind_skip_batches", t.rewind_skip_batches, t.rewind_skip_batches >= 0, ">= 0"),
+            ("train.max_rewinds", t.max_rewinds, t.max_rewinds >= 0, ">= 0"),
+            ("optim.z_loss", o.z_loss, math.isfinite(o.z_loss) and o.z_loss >= 0, ">= 0 (0 = off)"),
         ]
         for name, value, ok, want in checks:
             if not ok:
                 raise ConfigError(f"{name}: must be {want}, got {value!r}")
+        if t.on_spike == "rewind" and self.checkpoint.every == 0:
+            raise ConfigError("train.on_spike=rewind restores the last checkpoint before a spike, and checkpoint.every=0 "
+                              "writes none during the run: set checkpoint.every (e.g. 25), or use on_spike=skip")
+        from mhc_lm.train.resume_with import check_keys
+
+        check_keys(self.checkpoint.resume_with)
         unknown = sorted(set(self.logging.trackers) - known_trackers())
         if unknown:
             raise ConfigError(f"logging.trackers: unknown {unknown}; known: {sorted(known_trackers())}")

@@ -46,13 +46,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu") -> torch.optim.AdamW:
-    """AdamW over `param_groups`; fused kernel on CUDA unless `cfg.fused` says otherwise."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu",
+                    skip_step: bool = False) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; fused kernel on CUDA unless `cfg.fused` says otherwise. skip_step: the
+    AdamW that train.on_spike=skip masks on device (`skip_step.SkipStepAdamW`, never fused)."""
     fused = cfg.fused if cfg.fused is not None else device_type == "cuda"
     groups = param_groups(model, cfg.weight_decay)
     for g in groups:
         g.pop("names")
     groups = [g for g in groups if g["params"]]
+    if skip_step:
+        from mhc_lm.train.skip_step import SkipStepAdamW
+
+        return SkipStepAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
 
 

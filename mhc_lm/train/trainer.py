@@ -23,12 +23,15 @@ from tqdm.auto import tqdm
 
 from mhc_lm.config_utils import ConfigError, flatten_dict, to_dict
 from mhc_lm.train import checkpoint as ckpt_lib
+from mhc_lm.train import resume_with
 from mhc_lm.train.callbacks import default_callbacks
 from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
 from mhc_lm.train.data import DataBundle, build_data
 from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
 from mhc_lm.train.optim import build_optimizer, build_scheduler
 from mhc_lm.train.run_log import MetricsWriter, default_peak_tflops, flops_per_token, memory_stats, write_meta
+from mhc_lm.train.spike_policy import SpikePolicy
+from mhc_lm.train.z_loss import ZLoss
 
 MAX_FP16_OVERFLOWS = 20
 """Consecutive fp16 loss-scale overflows (skipped steps) after which the run counts as diverged."""
@@ -61,7 +64,7 @@ class Trainer:
         if config.train.compile:
             apply_compile(model)
         self.num_parameters = sum(p.numel() for p in model.parameters())  # before ZeRO-3 / FSDP shard them
-        optimizer = build_optimizer(model, config.optim, acc.device.type)
+        optimizer = build_optimizer(model, config.optim, acc.device.type, skip_step=config.train.on_spike == "skip")
         self.scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
         # the scheduler stays out of prepare(): Accelerate would step it once per process
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -76,6 +79,10 @@ class Trainer:
         self.writer = MetricsWriter(self.run_dir / "metrics.jsonl", acc.is_main_process)
         self.probe_batch = self._first_val_batch()
         self.callbacks = list(callbacks or []) + default_callbacks(config, self)
+        self.z_loss = ZLoss(config.optim.z_loss)  # optim.z_loss != 0: an extra loss term, logged as z_loss
+        if self.z_loss:
+            self.callbacks.append(self.z_loss)
+        self.spike_policy = SpikePolicy.attach(self)  # train.on_spike (mhc_lm/train/spike_policy.py)
         self._stop_signal: int | None = None
         self._last_saved_step = -1
         self._fp16_overflows = 0
@@ -114,6 +121,7 @@ class Trainer:
                 "distributed_type": str(acc.distributed_type), "mixed_precision": acc.mixed_precision,
                 "num_parameters": self.num_parameters,
                 "data_dir": str(self.data.prepared_dir) if self.data.prepared_dir else None,
+                **resume_with.meta_entry(self.run_dir, getattr(self, "_resume_changes", {}), resume_step),
             })
             if self.data.tokenizer is not None and not (self.run_dir / "tokenizer").is_dir():
                 self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
@@ -163,12 +171,13 @@ class Trainer:
             return
         old = to_dict(resolved(load_run_config(old_path)))
         new = to_dict(resolved(self.config, self.unwrapped_model.config))
-        diffs = ckpt_lib.resume_setting_diffs(old, new)
+        diffs, self._resume_changes = resume_with.split_diffs(ckpt_lib.resume_setting_diffs(old, new), old, new,
+                                                              cfg.checkpoint.resume_with)
         if diffs:
             raise ConfigError(
                 f"{resume_path} was written by a run with other settings ({'; '.join(diffs)}); resuming needs the "
                 "same model, data, optimizer and batch settings. Fix: use a new run_dir (or restore those values). "
-                "Free to change on resume: train.max_steps, evaluation, logging, checkpoint and metrics settings.")
+                + resume_with.refusal_hint(diffs))
         if old["train"]["max_steps"] != new["train"]["max_steps"] and self.accelerator.is_main_process:
             print(f"[mhc-lm] train.max_steps {old['train']['max_steps']} -> {new['train']['max_steps']}: the LR "
                   "schedule follows the new length from the resumed step on", flush=True)
@@ -185,6 +194,7 @@ class Trainer:
                 self.writer.truncate_after(-1)  # a run that died before its first checkpoint: start the log over
             return
         state = ckpt_lib.load_checkpoint(self.accelerator, path, state)
+        resume_with.apply_optimizer_settings(self)  # the current optim.lr (a sanctioned change) from here on
         self.step, self.tokens = state["step"], state["tokens"]
         self._last_saved_step = self.step
         loader_state = state["loader_states"][self.accelerator.process_index]
@@ -264,16 +274,16 @@ class Trainer:
         for _ in range(self.accumulation):
             batch = self._to_device(next(batches))
             with acc.accumulate(self.model):
-                loss = self.model(input_ids=batch["input_ids"], shift_labels=batch["labels"]).loss
-                acc.backward(loss)
+                out = self.model(input_ids=batch["input_ids"], shift_labels=batch["labels"])
+                loss = out.loss
+                acc.backward(loss + self.z_loss(out, batch["labels"]) if self.z_loss else loss)
                 loss_sum += loss.detach().float()
                 if acc.sync_gradients:
                     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                     grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
-                    mean_loss = acc.reduce(loss_sum / self.accumulation, "mean").item()
-                    gn = float(grad_norm) if grad_norm is not None else float("nan")
-                    self._check_finite(mean_loss, gn, grad_norm is not None)
-                    self.optimizer.step()
+                    # check the loss, then optimizer.step(), as train.on_spike says (none: stop on NaN/Inf)
+                    mean_loss, gn = self.spike_policy.apply(self, acc.reduce(loss_sum / self.accumulation, "mean"),
+                                                            grad_norm)
                     self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return mean_loss, gn
@@ -302,7 +312,7 @@ class Trainer:
         last = ckpt_lib.latest_checkpoint(self.run_dir)
         msg = (f"non-finite loss/grad norm at step {self.step + 1} (loss={loss}, grad_norm={grad_norm}); "
                f"stopping without saving. Last good checkpoint: {last or 'none'}. "
-               "Try a lower optim.lr, more optim.warmup_steps, or train.grad_clip; resume restarts from it.")
+               + resume_with.divergence_advice())
         if self.accelerator.is_main_process:
             (self.run_dir / "DIVERGED").write_text(msg + "\n")
         raise TrainingDiverged(msg)
@@ -330,6 +340,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 lr = self.scheduler.get_last_lr()[0]
                 loss, grad_norm = self.train_step(batches)
+                if self.spike_policy.pending:  # on_spike=rewind vetoed this step: restore and go on
+                    batches = self.spike_policy.rewind(self)
+                    continue
                 dt = time.perf_counter() - t0
                 self.step += 1
                 self.tokens += self.tokens_per_step
