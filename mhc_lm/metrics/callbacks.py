@@ -207,6 +207,11 @@ class UpdateRatioCallback:
         due = self.probe.due(trainer, step + 1)
         self.before = snapshot(trainer.unwrapped_model, self.master) if due else None
 
+    def on_rewind(self, trainer) -> None:
+        """train.on_spike=rewind restored an earlier step: take the snapshot a resumed run would take."""
+        if self.enabled:
+            self._maybe_snapshot(trainer, getattr(trainer, "step", 0))
+
     def on_step_end(self, trainer, step: int, logs: dict) -> None:
         if not self.enabled:
             return

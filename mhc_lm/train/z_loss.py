@@ -54,5 +54,8 @@ class ZLoss:
         logs["z_loss"] = float(mean.item())
         self._sum, self._count = None, 0
 
+    def on_rewind(self, trainer) -> None:
+        self._sum, self._count = None, 0  # the vetoed step's terms
+
     def on_train_end(self, trainer) -> None:
         pass
