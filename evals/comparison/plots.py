@@ -128,6 +128,17 @@ def plot_panels(groups: dict[str, list[Run]], out: Path, name: str, title: str, 
     return path
 
 
+def streams_plot(groups: dict[str, list[Run]], out: Path) -> Path | None:
+    """hc / mhc stream telemetry of the probe (mhc_lm/metrics/streams.py), next to Amax; None without it."""
+    return plot_panels(groups, out, "streams", "hc / mhc streams and H_res (mean over layers; distances normalised: "
+                       "I and J/n are 1 apart)",
+                       [Panel("streams/cos_dist/mean", "stream diversity: mean pairwise cosine distance"),
+                        Panel("streams/eff_rank/mean", "effective rank of the n streams"),
+                        Panel("h_res/dist_identity/mean", "H_res distance from I"),
+                        Panel("h_res/dist_uniform/mean", "H_res distance from J/n"),
+                        Panel("h_res/composite_dist_uniform", "composite product: distance from J/n")])
+
+
 def make_plots(groups: dict[str, list[Run]], out: Path) -> list[Path]:
     every = [r for runs in groups.values() for r in runs]
     window, sigma, _ = spike_settings(every[0].metrics_config)
@@ -149,6 +160,7 @@ def make_plots(groups: dict[str, list[Run]], out: Path) -> list[Path]:
         plot_panels(groups, out, "amax", "Amax gain of the composite residual mixing (log scale; 1 = no gain)",
                     [Panel("amax/fwd/composite", "forward (max |row sum|)", logy=True, amax=True),
                      Panel("amax/bwd/composite", "backward (max |column sum|)", logy=True, amax=True)]),
+        streams_plot(groups, out),
         plot_panels(groups, out, "vanished", f"vanished-gradient ratio |g| < eps in %, {which}",
                     [Panel(k, f"eps = {k.split('/')[1]} (%)", scale=100.0) for k in vanished_keys]),
     ]

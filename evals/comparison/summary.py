@@ -67,6 +67,13 @@ def probe_value(run: Run, key: str, how: str) -> float:
     return float(run.stability.get(key, float("nan")))
 
 
+def event_counts(run: Run) -> dict[str, float]:
+    """n_skips / n_rewinds: the train.on_spike action rows of the run's metrics.jsonl (mhc_lm/train/spike_policy.py);
+    0 for a run without any (on_spike: none, or nothing spiked)."""
+    kinds = [r.get("event") for r in run.records]
+    return {"n_skips": float(kinds.count("skip")), "n_rewinds": float(kinds.count("rewind"))}
+
+
 def summarize_run(run: Run, final_window: int = 10) -> dict[str, float]:
     _, loss = run.series("loss", train_only=True)
     _, val = run.series("val_loss")
@@ -84,6 +91,7 @@ def summarize_run(run: Run, final_window: int = 10) -> dict[str, float]:
         out[key] = probe_value(run, key, "last")
     out["grad_std"] = probe_value(run, "grad_std", "last")
     out["tokens_per_s"] = float(np.median(tps)) if len(tps) else float("nan")
+    out.update(event_counts(run))
     return out
 
 
