@@ -119,6 +119,13 @@ def test_skip_drops_exactly_the_spiking_updates(tmp_path):
     assert len(losses) == 20 and math.isfinite(losses[-1]) and max(losses[16:]) < 6
 
 
+def test_skip_stops_after_twenty_non_finite_steps_in_a_row(tmp_path):
+    bad = {b: "nan" for b in range(4, 30)}  # steps 5.. are all NaN
+    with pytest.raises(TrainingDiverged, match="step 24"):
+        fit(spike_config(tmp_path / "run", "skip", max_steps=30), bad=bad)
+    assert [e["step"] for e in events(tmp_path / "run")] == list(range(5, 24))  # 19 skipped, the 20th stops
+
+
 def test_none_keeps_going_on_a_finite_spike_and_diverges_on_nan(tmp_path):
     with pytest.raises(TrainingDiverged, match="step 16"):
         fit(spike_config(tmp_path / "run", "none"))
