@@ -96,6 +96,29 @@ def test_device_detector_decides_as_the_spike_detector():
     assert math.isnan(DeviceSpikeDetector(8, 3.0, 4, "cpu").update(torch.tensor(1.0))[1])  # not armed: no threshold
 
 
+@pytest.mark.gpu
+def test_skip_decision_and_masked_step_need_no_host_sync_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = torch.nn.Linear(64, 64).cuda()
+    opt = SkipStepAdamW(model.parameters(), lr=1e-3)
+    det = DeviceSpikeDetector(window=8, sigma=3.0, min_history=4, device="cuda")
+    x = torch.randn(16, 64, device="cuda")
+    for i in range(12):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean() * (100.0 if i == 10 else 1.0)
+        loss.backward()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any device -> host copy now raises
+        try:
+            spike, _ = det.update(loss.detach())
+            opt.skip = spike
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert int(det.count) == 1
+
+
 # ------------------------------------------------------------------ the policies in a run
 def test_skip_drops_exactly_the_spiking_updates(tmp_path):
     class Params(BaseCallback):
