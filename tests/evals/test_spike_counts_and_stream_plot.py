@@ -57,3 +57,18 @@ def test_no_stream_plot_without_stream_telemetry(tmp_path):
     runs = [write_run(tmp_path, "std_s0", "standard", 0), write_run(tmp_path, "std_s1", "standard", 1)]
     compare(runs, tmp_path / "report")
     assert not (tmp_path / "report" / "streams.png").exists()
+
+
+def test_spike_study_table(tmp_path, capsys):
+    from evals.spike_study import main
+
+    runs = [write_run(tmp_path, "hc_s0", "hc", 0, rewinds=(30, 45), streams=True),
+            write_run(tmp_path, "hc_s1", "hc", 1, streams=True)]
+    (runs[0] / "DIVERGED").write_text("on_spike=rewind: ... the train.max_rewinds=2 allowed\n")
+    assert main([str(p) for p in runs]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row0 = next(ln for ln in lines if ln.startswith("| hc | none | 0 |")).split("|")
+    assert row0[5].strip() == "max_rewinds" and row0[10].strip() == "2" and row0[-2].strip() == "30, 45"
+    assert row0[12].strip() == "0.1"  # streams/cos_dist/mean at the last probe (step 60)
+    group = next(ln for ln in lines if ln.startswith("| hc | none | 2 |")).split("|")
+    assert group[4].strip() == "1" and group[9].strip() == "1 ± 1.41"  # rewinds: mean ± sample std of 2, 0
