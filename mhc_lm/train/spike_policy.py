@@ -167,8 +167,10 @@ class SpikePolicy:
                 continue
             v = v.detach().reshape(()).to(torch.float64)
             spike, thr = self.detectors[name].update(v)
-            bad = ~torch.isfinite(v) if not (name == "grad_norm" and self.fp16) else torch.zeros_like(spike)
-            hit = spike | bad
+            if name == "grad_norm" and self.fp16:
+                hit = spike & torch.isfinite(v)  # an overflow is the grad scaler's to skip
+            else:
+                hit = spike | ~torch.isfinite(v)
             skip = hit if skip is None else skip | hit
             parts.append((hit, v, thr))
         _unwrapped_optimizer(trainer).skip = skip.to(trainer.accelerator.device)
@@ -189,6 +191,8 @@ class SpikePolicy:
             if name == "grad_norm" and not has_norm:
                 continue
             det = self.detectors[name]
+            if name == "grad_norm" and self.fp16 and not math.isfinite(value):
+                continue  # a loss-scale overflow: the grad scaler skips it, Trainer._check_finite counts them
             threshold = threshold_of(det)
             spike, _ = det.update(value)
             if (spike or self._nonfinite(name, value)) and first is None:
