@@ -45,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    from mhc_lm.metrics import build_callbacks
     from mhc_lm.train.distributed import shutdown
 
     try:
-        status = Trainer(config).fit()
+        status = Trainer(config, callbacks=build_callbacks(config)).fit()
     except TrainingDiverged as err:
         print(f"[mhc-lm] training diverged: {err}", file=sys.stderr)
         return EXIT_DIVERGED
