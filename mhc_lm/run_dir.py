@@ -138,6 +138,16 @@ def _float_or_none(value) -> float | None:
 
 
 # ---------------------------------------------------------------- the run directory
+def dotted_get(tree: dict, dotted: str, default=None):
+    """tree["a"]["b"] for "a.b", else `default`."""
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 class RunDir:
     """The files of one run directory (see the module docstring); reading never changes anything."""
 
@@ -177,13 +187,9 @@ class RunDir:
         return cfg
 
     def setting(self, dotted: str, default=None, config: dict | None = None):
-        """A dotted key of config.yaml ("train.max_steps"), else `default`."""
-        node = self.config() if config is None else config
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
+        """A dotted key of config.yaml ("train.max_steps"), else `default` (`config`: the dict
+        `config()` returned, to read it once)."""
+        return dotted_get(self.config() if config is None else config, dotted, default)
 
     def mode(self, config: dict | None = None) -> str:
         """The residual mode: config.yaml `model.residual_mode`, else hf/config.json `residual_mode`."""
