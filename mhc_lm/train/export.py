@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from mhc_lm.run_dir import RUN_FILES
+
 
 # Written in every export folder: the names of the files the export wrote. A folder is replaced
 # by a new export only if it holds nothing else (its files are never published in the run dir).
@@ -180,7 +182,7 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
 
 
 # Files of the run itself, never replaced by an exported file of the same name.
-_RUN_FILES = {"config.yaml", "meta.json", "metrics.jsonl", "DIVERGED", "stability.json"}
+_RUN_FILES = RUN_FILES
 _MANIFEST = ".hf_export_files.json"
 
 
