@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mhc_lm.config_utils import ConfigError, positive_int  # noqa: E402
+from mhc_lm.run_dir import RunDir  # noqa: E402
 
 from evals.comparison.load import (MODE_ORDER, Run, check_distinct, group, group_label, load_run,  # noqa: E402,F401
                                    warn_mixed_settings, warn_uneven_lengths)
@@ -75,9 +76,9 @@ def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool
     if probe:
         from evals.stability import run_stability
 
-        for d in run_dirs:
-            if not (Path(d) / "stability.json").is_file() and (Path(d) / "hf" / "config.json").is_file():
-                run_stability(Path(d))
+        for run in map(RunDir, run_dirs):
+            if not run.stability_path.is_file() and run.has_export():
+                run_stability(run.path)
     label = functools.partial(group_label, extra_keys=tuple(group_by))
     runs = [load_run(Path(d), label) for d in run_dirs]
     groups = group(runs)

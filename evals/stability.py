@@ -112,7 +112,7 @@ def run_stability(run_dir: Path, model_dir: Path | None = None, data_dir: Path |
     for name, value in (("--batches", batches), ("--batch-size", batch_size), ("--seq-len", seq_len)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be >= 1 (got {value})")
-    out = Path(out) if out else run_dir / "stability.json"
+    out = Path(out) if out else RunDir(run_dir).stability_path
     if out.is_dir():  # checked before the probe: writing would fail only at the end
         raise ConfigError(f"output {out} is a directory; --out names the JSON file to write, "
                           f"e.g. {out / 'stability.json'}")

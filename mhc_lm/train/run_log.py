@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mhc_lm.files import write_json_atomic
-from mhc_lm.run_dir import NON_FINITE, encode_record, iter_jsonl, read_metrics  # noqa: F401 (readers' old home)
+from mhc_lm.run_dir import NON_FINITE, encode_record, iter_jsonl, read_metrics  # noqa: F401 (also importable from here)
 
 # dense bf16 peak TFLOP/s per device, matched against torch.cuda.get_device_name()
 # (first match wins: the specific variants before the generic names)

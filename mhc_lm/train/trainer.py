@@ -75,7 +75,7 @@ class Trainer:
         self.peak_tflops = config.logging.peak_tflops or default_peak_tflops()
         self.writer = MetricsWriter(self.run_dir / "metrics.jsonl", acc.is_main_process)
         self.probe_batch = self._first_val_batch()
-        self.callbacks = list(callbacks or [])  # the launcher's: launch/pretrain.py adds mhc_lm.metrics's
+        self.callbacks = list(callbacks or [])  # only those handed in (launch/pretrain.py: mhc_lm.metrics's)
         self._stop_signal: int | None = None
         self._last_saved_step = -1
         self._fp16_overflows = 0
@@ -175,10 +175,10 @@ class Trainer:
 
     def _resume(self, path: Path | None, state: dict | None = None) -> None:
         acc = self.accelerator
-        run = RunDir(self.run_dir)
-        if acc.is_main_process and run.divergence() is not None:  # an earlier attempt diverged: this one retries
-            print(f"[mhc-lm] {run.diverged_path} from an earlier attempt: {run.clear_divergence().message} (file "
-                  "removed, retrying)", flush=True)
+        earlier = RunDir(self.run_dir).clear_divergence() if acc.is_main_process else None
+        if earlier is not None:  # an earlier attempt diverged: this one retries
+            print(f"[mhc-lm] {self.run_dir / 'DIVERGED'} from an earlier attempt: {earlier.message} (file removed, "
+                  "retrying)", flush=True)
         if path is None:
             if acc.is_main_process:
                 self.writer.truncate_after(-1)  # a run that died before its first checkpoint: start the log over
