@@ -27,6 +27,11 @@ LAYERS = (
 )
 
 
+# Arrows still to be removed by making mhc_lm/kernels a leaf (the kernels will no longer import the
+# model's reference Sinkhorn). The checks below ignore them; once one is gone, delete it here.
+PENDING = {("mhc_lm.kernels.sinkhorn", "mhc_lm.model.sinkhorn")}
+
+
 def modules() -> dict[str, Path]:
     found = {}
     for root in ROOTS:
@@ -102,13 +107,19 @@ def layer(mod: str) -> int:
     raise AssertionError(f"{mod} is in no layer of LAYERS: add it")
 
 
-def test_no_import_circles():
+def checked_graph() -> dict[str, set[str]]:
     graph = imports(modules())
-    assert circles(graph) == []
+    gone = sorted(f"{a} -> {b}" for a, b in PENDING if b not in graph.get(a, ()))
+    assert not gone, f"no longer imported: delete {gone} from PENDING"
+    return {a: {b for b in outs if (a, b) not in PENDING} for a, outs in graph.items()}
+
+
+def test_no_import_circles():
+    assert circles(checked_graph()) == []
 
 
 def test_no_upward_imports():
-    graph = imports(modules())
+    graph = checked_graph()
     upward = sorted(f"{a} -> {b}" for a, outs in graph.items() for b in outs if layer(b) > layer(a))
     assert upward == []
 
