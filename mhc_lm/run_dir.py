@@ -178,7 +178,8 @@ class RunDir:
         try:
             cfg = yaml.safe_load(self.config_path.read_text())
         except yaml.YAMLError as err:
-            raise RunDirError(f"{self.config_path}: not valid YAML ({str(err).splitlines()[0]}); fix or remove it") from None
+            first = str(err).splitlines()[0]
+            raise RunDirError(f"{self.config_path}: not valid YAML ({first}); fix or remove it") from None
         if cfg is None:
             return {}
         if not isinstance(cfg, dict):

@@ -5,8 +5,9 @@ Follows the GPT/BERT recipe of Radford et al. (2018) and Devlin et al. (2019, ar
   logits = score(h_last)               MhcLmForSequenceClassification pools the last non-pad token
   loss   = cross-entropy, or MSE for STS-B (num_labels == 1)
 AdamW (the pretraining decay groups, `mhc_lm.train.optim.param_groups`: no weight decay on norms,
-gates, biases and mixing parameters) with linear warmup and decay, dev evaluation every `eval_every` steps (or epoch), early
-stopping after `patience` evaluations without a better dev score; the best evaluation is reported.
+gates, biases and mixing parameters) with linear warmup and decay, dev evaluation every
+`eval_every` steps (or epoch), early stopping after `patience` evaluations without a better dev
+score; the best evaluation is reported.
 Accelerate places the model on the available device(s) (CPU, one or several GPUs).
 """
 
