@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
 
+    from mhc_lm.metrics import build_callbacks
     from mhc_lm.train import Trainer, TrainingDiverged, load_run_config
 
     try:
@@ -45,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    from mhc_lm.metrics import build_callbacks
     from mhc_lm.train.distributed import shutdown
 
     try:

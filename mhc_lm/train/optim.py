@@ -46,18 +46,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """`param_groups` as an optimizer takes them: without the names, empty groups left out. The one
-    decay rule of the project: pretraining and GLUE fine-tuning (evals/glue/finetune.py) both use it."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, weight_decay)]
-    return [g for g in groups if g["params"]]
-
-
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu") -> torch.optim.AdamW:
     """AdamW over `param_groups`; fused kernel on CUDA unless `cfg.fused` says otherwise."""
     fused = cfg.fused if cfg.fused is not None else device_type == "cuda"
-    return torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps, fused=fused)
+    groups = param_groups(model, cfg.weight_decay)
+    for g in groups:
+        g.pop("names")
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
 
 
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
@@ -85,3 +81,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
     """LambdaLR over `lr_factor`; stepped once per optimizer step by the trainer (not by Accelerate,
     which would step it once per process)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, max_steps))
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """`param_groups` as an optimizer takes them (no names, no empty group): the decay rule for any
+    other AdamW over an mhc-lm model, e.g. GLUE fine-tuning (evals/glue/finetune.py)."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, weight_decay)]
+    return [g for g in groups if g["params"]]

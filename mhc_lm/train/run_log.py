@@ -8,6 +8,7 @@ and values), divided by the configured per-device peak.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mhc_lm.files import write_json_atomic
-from mhc_lm.run_dir import NON_FINITE, encode_record, iter_jsonl, read_metrics  # noqa: F401 (also importable from here)
+from mhc_lm.run_dir import NON_FINITE, iter_jsonl, read_metrics  # noqa: F401 (also importable from here)
 
 # dense bf16 peak TFLOP/s per device, matched against torch.cuda.get_device_name()
 # (first match wins: the specific variants before the generic names)
@@ -79,7 +80,8 @@ class MetricsWriter:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a")
-        self._fh.write(json.dumps(encode_record(record)) + "\n")
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
+        self._fh.write(json.dumps(clean) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
