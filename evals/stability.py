@@ -118,7 +118,10 @@ def run_stability(run_dir: Path, model_dir: Path | None = None, data_dir: Path |
                           f"e.g. {out / 'stability.json'}")
     check_device(device)
     if model_dir is None:
-        model_dir = RunDir(run_dir).model_dir()
+        try:
+            model_dir = RunDir(run_dir).model_dir()
+        except RunDirError as err:
+            raise RunDirError(f"{err}; or pass --model DIR") from None
     elif not (Path(model_dir) / "config.json").is_file():
         raise RunDirError(f"--model {model_dir}: no exported model there (config.json missing)")
     model_dir = Path(model_dir)

@@ -44,7 +44,7 @@ def load_tokenizer(model_dir: Path):
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     except (OSError, ValueError) as err:
         raise RunDirError(f"{model_dir}: no loadable tokenizer ({err}); export the model together with "
-                            f"its tokenizer (launch/export_hf.py does)") from err
+                          f"its tokenizer (launch/export_hf.py does)") from err
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise RunDirError(f"{model_dir}: the tokenizer has neither a pad nor an eos token")
