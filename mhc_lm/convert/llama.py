@@ -66,24 +66,32 @@ IGNORED = {
 }
 
 
+def _check_rope_type(kind, field: str) -> None:
+    if kind not in (None, "default"):
+        raise ConversionError(f"{field}: rope type {kind!r} is not implemented in mhc-lm (only the default, "
+                              "unscaled RoPE): converting would change the model's function")
+
+
 def _rope_theta(raw: dict) -> float:
+    """rope_theta of either config layout; every other RoPE setting must be the default."""
     theta = raw.get("rope_theta")
-    scaling = raw.get("rope_scaling")
-    params = raw.get("rope_parameters")
+    scaling = raw.get("rope_scaling")  # transformers 4: None or {"rope_type" | "type": ..., factor, ...}
+    if scaling is not None:
+        kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+        _check_rope_type(kind, "rope_scaling")
+        extra = sorted(set(scaling) - {"rope_type", "type"}) if isinstance(scaling, dict) else []
+        if extra:
+            raise ConversionError(f"rope_scaling has {extra}: only the default RoPE converts")
+    params = raw.get("rope_parameters")  # transformers 5: {"rope_type": ..., "rope_theta": ..., ...}
     if params is not None:
         if not isinstance(params, dict):
             raise ConversionError(f"rope_parameters={params!r} is not an object")
+        _check_rope_type(params.get("rope_type", params.get("type")), "rope_parameters")
         extra = sorted(set(params) - {"rope_type", "type", "rope_theta"})
         if extra:
             raise ConversionError(f"rope_parameters has {extra}: mhc-lm implements only the default RoPE "
                                   "(rope_theta), nothing else is converted")
-        scaling = {"rope_type": params.get("rope_type", params.get("type", "default"))}
         theta = params.get("rope_theta", theta)
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
-        if kind != "default":
-            raise ConversionError(f"rope scaling {kind!r} is not implemented in mhc-lm (only the default, unscaled "
-                                  "RoPE): converting would change the model's function")
     return float(10000.0 if theta is None else theta)
 
 

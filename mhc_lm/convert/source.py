@@ -1,7 +1,8 @@
 """Reading a model to convert and writing a converted folder.
 
 A source is one of:
-  - a run directory of `launch/pretrain.py` (config.yaml + checkpoints/: the latest checkpoint);
+  - a run directory of `launch/pretrain.py` (config.yaml + checkpoints/: the latest checkpoint,
+    which wins over the export published at its top);
   - an mhc-lm Hugging Face folder (config.json with model_type "mhc_lm", safetensors);
   - a Llama folder (config.json with model_type "llama", safetensors), mapped by `llama.py`;
   - a Hub name of either folder kind, fetched with huggingface_hub when online.
@@ -122,27 +123,36 @@ def _load_run(run_dir: Path) -> Source:
                   run_dir, "run")
 
 
-def load_source(src: str | Path) -> Source:
-    """Read `src` (run directory, mhc-lm folder, Llama folder or Hub name) as an mhc-lm model."""
-    folder = resolve_folder(src)
-    if (folder / "config.yaml").is_file() and not (folder / "config.json").is_file():
-        return _load_run(folder)
+def source_config(folder: Path):
+    """(MhcLmConfig, kind) of a local run directory or model folder, from its config alone."""
+    folder = Path(folder)
+    if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():  # a run: its latest checkpoint
+        from mhc_lm.train.config import build_model_config, load_run_config
+
+        return build_model_config(load_run_config(folder / "config.yaml").model), "run"
     raw = read_config_json(folder)
     model_type = raw.get("model_type")
     if model_type == "llama":
         from mhc_lm.convert.llama import mhc_config_from_llama
 
-        config, kind = mhc_config_from_llama(raw, folder), "llama"
-    elif model_type == "mhc_lm":
+        return mhc_config_from_llama(raw, folder), "llama"
+    if model_type == "mhc_lm":
         from mhc_lm.model import MhcLmConfig
 
         try:
-            config, kind = MhcLmConfig.from_pretrained(folder), "mhc_lm"
+            return MhcLmConfig.from_pretrained(folder), "mhc_lm"
         except (ValueError, TypeError) as err:
             raise ConversionError(f"{folder}/config.json: {err}") from err
-    else:
-        raise ConversionError(f"{folder}/config.json has model_type={model_type!r}: only 'llama' (LlamaForCausalLM) "
-                              "and 'mhc_lm' folders are converted")
+    raise ConversionError(f"{folder}/config.json has model_type={model_type!r}: only 'llama' (LlamaForCausalLM) "
+                          "and 'mhc_lm' folders are read")
+
+
+def load_source(src: str | Path) -> Source:
+    """Read `src` (run directory, mhc-lm folder, Llama folder or Hub name) as an mhc-lm model."""
+    folder = resolve_folder(src)
+    config, kind = source_config(folder)
+    if kind == "run":
+        return _load_run(folder)
     return Source(config, load_safetensors(folder), _tokenizer_dir(folder), folder, kind)
 
 
