@@ -9,8 +9,10 @@ of either. What it changes in a run:
     may be set freely.
   - weights: every parameter is loaded from PATH after the model is built (strict: nothing
     missing or extra); the optimizer, schedule and step start fresh.
-  - tokenizer: data.tokenizer is PATH's (set when unset; any other value is refused), since the
-    embedding rows index that tokenizer.
+  - tokenizer: data.tokenizer is PATH's (set when unset), since the embedding rows index that
+    tokenizer; another folder holding the same tokenizer files is accepted (runs started from
+    several folders, e.g. one per residual mode, then share one data preparation), anything else
+    is refused.
   - meta.json: `init_from` records the path and a checksum of the weights loaded.
 A resumed run takes its weights from its checkpoint and does not read PATH's weights again.
 """
@@ -59,11 +61,18 @@ def tokenizer_source(path: str) -> str:
     return str(path)
 
 
-def _same_place(a: str, b: str) -> bool:
+def _same_tokenizer(a: str, b: str) -> bool:
+    """Same place, or two local folders holding the same tokenizer (the files that define the ids)."""
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() or pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a == b
+    if not (pa.exists() or pb.exists()):
+        return a == b
+    if pa.resolve() == pb.resolve():
+        return True
+    if pa.is_dir() and pb.is_dir():
+        from mhc_lm.data.tokenizer import tokenizer_sha256
+
+        return tokenizer_sha256(pa) == tokenizer_sha256(pb)
+    return False
 
 
 def check_run_config(cfg) -> None:
@@ -72,9 +81,9 @@ def check_run_config(cfg) -> None:
     tokenizer = tokenizer_source(path)
     if cfg.data.tokenizer is None:
         cfg.data.tokenizer = tokenizer
-    elif not _same_place(cfg.data.tokenizer, tokenizer):
-        raise ConfigError(f"data.tokenizer={cfg.data.tokenizer} but train.init_from={path}: the embedding rows of "
-                          f"{path} index its own tokenizer; leave data.tokenizer unset (it is taken from there)")
+    elif not _same_tokenizer(cfg.data.tokenizer, tokenizer):
+        raise ConfigError(f"data.tokenizer={cfg.data.tokenizer} is not the tokenizer of train.init_from={path}, whose "
+                          "embedding rows index its own: leave data.tokenizer unset (it is taken from there)")
     model_config(cfg)  # raises on a mismatch, naming the field
 
 
