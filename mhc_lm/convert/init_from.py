@@ -81,6 +81,8 @@ def check_run_config(cfg) -> None:
     tokenizer = tokenizer_source(path)
     if cfg.data.tokenizer is None:
         cfg.data.tokenizer = tokenizer
+        # DataConfig filled in the size of a tokenizer to train (there was none); with one the vocab is its own
+        cfg.data.vocab_size = None
     elif not _same_tokenizer(cfg.data.tokenizer, tokenizer):
         raise ConfigError(f"data.tokenizer={cfg.data.tokenizer} is not the tokenizer of train.init_from={path}, whose "
                           "embedding rows index its own: leave data.tokenizer unset (it is taken from there)")
