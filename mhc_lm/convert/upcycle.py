@@ -110,7 +110,11 @@ def upcycled_model(source, residual_mode: str, n_streams: int, h_res_map: str | 
     with torch.no_grad():
         for module in mixing:
             module.to_empty(device="cpu")  # fp32, as the model keeps the coefficient path
-            for name, value in exact_mixing_state(module, residual_mode, pre_home_weight).items():
+            state = exact_mixing_state(module, residual_mode, pre_home_weight)
+            unset = sorted(set(dict(module.named_parameters())) - set(state))
+            if unset:  # to_empty left them uninitialised: a model change the upcycle does not know
+                raise RuntimeError(f"upcycle: no exact value for the {residual_mode} parameters {unset}")
+            for name, value in state.items():
                 getattr(module, name).copy_(value)
     for name, p in [*model.named_parameters(), *model.named_buffers()]:
         if p.is_meta:

@@ -120,3 +120,14 @@ def test_pretrain_cli_exit_2_on_a_mismatch(upcycled, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "model.residual_mode='standard'" in err, err
     assert not run_dir.exists()
+
+
+def test_the_folder_tokenizer_loads_without_a_remote_code_prompt(upcycled, capfd):
+    """data.tokenizer = a model folder whose config.json maps AutoConfig to remote code: the data
+    preparation loads its tokenizer without asking whether to run that code."""
+    from mhc_lm.data.tokenizer import load_tokenizer_by_name
+
+    tok = load_tokenizer_by_name(str(upcycled))
+    assert len(tok) == 256 and tok.eos_token == "</s>"
+    captured = capfd.readouterr()
+    assert "custom code" not in captured.out + captured.err
