@@ -89,7 +89,7 @@ def check_run_config(cfg) -> None:
     model_config(cfg)  # raises on a mismatch, naming the field
 
 
-def _differs(name: str, ours, theirs) -> bool:
+def _differs(ours, theirs) -> bool:
     if isinstance(ours, float) or isinstance(theirs, float):
         return abs(float(ours) - float(theirs)) > 1e-12 * max(1.0, abs(float(theirs)))
     return ours != theirs
@@ -109,10 +109,10 @@ def model_config(cfg):
     mode = source.residual_mode
     compared = ARCHITECTURE_FIELDS + MODE_FIELDS.get(ours.get("residual_mode", mode), ())
     for name in compared:
-        if name not in ours:
+        if ours.get(name) is None:  # unset (or null in a preset): taken from the folder
             continue
         theirs = source.resolved_head_dim if name == "head_dim" else getattr(source, name)
-        if _differs(name, ours[name], theirs):
+        if _differs(ours[name], theirs):
             raise ConfigError(f"train.init_from={path}: model.{name}={ours[name]!r} in the run config but "
                               f"{theirs!r} in its config.json; set model.{name}={theirs!r} or leave it unset "
                               "(architecture fields are taken from train.init_from)")
