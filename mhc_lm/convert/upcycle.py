@@ -47,8 +47,8 @@ def _target_config(source_config, residual_mode: str, n_streams: int, h_res_map:
         raise ConversionError(f"--residual-mode {residual_mode!r}: choose one of {list(UPCYCLE_MODES)}")
     if residual_mode == "grid" and (grid_size or 1) != 1:
         raise ConversionError(f"--grid-size {grid_size}: a grid larger than 1 averages two block paths at every "
-                              "merge node, which no choice of weights makes equal to the sequential source; only "
-                              "grid_size 1 (the same stack) is exact")
+                              "merge node, and no exact mapping from the sequential source is known; only grid_size 1 "
+                              "(the same stack) is exact")
     if residual_mode != "mhc" and h_res_map is not None:
         raise ConversionError(f"--h-res-map applies to --residual-mode mhc only (got {residual_mode})")
     if residual_mode == "mhc" and n_streams < 2:
