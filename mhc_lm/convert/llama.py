@@ -132,7 +132,8 @@ def llama_config_from_mhc(config, dtype: torch.dtype | None = None):
     mode = config.residual_mode
     if mode in ("hc", "mhc"):
         raise ConversionError(f"residual_mode={mode!r} carries {config.n_streams} residual streams mixed by learned "
-                              "matrices, which LlamaForCausalLM has no place for: only standard models convert to Llama")
+                              "matrices, which LlamaForCausalLM has no place for: only standard models convert to "
+                              "Llama")
     if mode == "grid" and config.grid_size != 1:
         raise ConversionError(f"residual_mode='grid' with grid_size={config.grid_size} averages two paths at every "
                               "merge node, which LlamaForCausalLM cannot express: only standard models (or grid_size "

@@ -36,7 +36,8 @@ def test_from_llama_matches_transformers_and_round_trips(name, tmp_path):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "mhc" / f).read_bytes() == (src / f).read_bytes()
     text = "the model mix residual stream"
-    assert AutoTokenizer.from_pretrained(tmp_path / "mhc")(text).input_ids == AutoTokenizer.from_pretrained(src)(text).input_ids
+    converted, original = AutoTokenizer.from_pretrained(tmp_path / "mhc"), AutoTokenizer.from_pretrained(src)
+    assert converted(text).input_ids == original(text).input_ids
 
     assert convert("to-llama", tmp_path / "mhc", tmp_path / "back") == 0
     back_files = {p.name for p in (tmp_path / "back").iterdir()}
