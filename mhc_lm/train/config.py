@@ -131,6 +131,9 @@ class TrainConfig:
     """rewind: the data goes on this many global batches after the spiking step's batch (1 = drop that batch)."""
     max_rewinds: int = 3
     """rewind: rewinds allowed in the run; the next spike after them stops it as diverged (exit 3)."""
+    init_from: str | None = None
+    """Model folder (mhc-lm or Llama) or Hub name whose weights start the run (fresh optimizer); its tokenizer
+    becomes data.tokenizer and unset model fields come from it (mhc_lm/convert/init_from.py)."""
 
 
 @dataclass
@@ -251,6 +254,10 @@ class RunConfig:
             raise ConfigError(f"logging.trackers: unknown {unknown}; known: {sorted(known_trackers())}")
         if not self.run_dir.strip():
             raise ConfigError("run_dir: must not be empty")
+        if t.init_from:  # tokenizer from there, and an architecture mismatch named before anything runs
+            from mhc_lm.convert.init_from import check_run_config
+
+            check_run_config(self)
 
 
 def known_trackers() -> set[str]:

@@ -40,6 +40,7 @@ import torch
 
 from mhc_lm.config_utils import ConfigError
 from mhc_lm.metrics.spikes import SpikeDetector
+from mhc_lm.run_dir import Divergence, RunDir
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.resume_with import divergence_advice
 from mhc_lm.train.skip_step import DeviceSpikeDetector
@@ -220,7 +221,7 @@ class SpikePolicy:
         pass
 
     # ------------------------------------------------------------ rewind
-    def _stop(self, trainer, why: str):
+    def _stop(self, trainer, why: str, spike: dict | None = None):
         from mhc_lm.train.trainer import TrainingDiverged
 
         made = "; ".join(f"step {r['step']} ({r.get('series', 'loss')} {r['value']:.4g} > {r['threshold']:.4g}) -> "
@@ -230,7 +231,12 @@ class SpikePolicy:
         msg = (f"{why}; stopping without saving. Rewinds made ({len(self.rewinds)}): {made}. Last good checkpoint: "
                f"{last or 'none'}. {divergence_advice()} Or allow more rewinds with train.max_rewinds.")
         if trainer.accelerator.is_main_process:
-            (Path(trainer.run_dir) / "DIVERGED").write_text(msg + "\n")
+            spike = spike or {}
+            value = spike.get("value", math.nan)
+            loss, gn = (value, math.nan) if spike.get("series") == "loss" else (math.nan, value)
+            RunDir(trainer.run_dir).write_divergence(
+                Divergence(step=spike.get("step"), reason=spike.get("series", ""), loss=loss, grad_norm=gn,
+                           last_checkpoint=str(last) if last else None, message=msg))
         raise TrainingDiverged(msg)
 
     def rewind(self, trainer):
@@ -239,11 +245,11 @@ class SpikePolicy:
         what = f"{spike['series']} {spike['value']:.4g} > {spike['threshold']:.4g}"
         if len(self.rewinds) >= self.max_rewinds:
             self._stop(trainer, f"on_spike=rewind: spike at step {spike['step']} ({what}) after "
-                                f"{len(self.rewinds)} rewinds, the train.max_rewinds={self.max_rewinds} allowed")
+                                f"{len(self.rewinds)} rewinds, the train.max_rewinds={self.max_rewinds} allowed", spike)
         last = ckpt_lib.latest_checkpoint(trainer.run_dir)
         if last is None:
             self._stop(trainer, f"on_spike=rewind: spike at step {spike['step']} ({what}) before the first "
-                                "checkpoint: nothing to rewind to (lower checkpoint.every)")
+                                "checkpoint: nothing to rewind to (lower checkpoint.every)", spike)
         c = ckpt_lib.read_state(last)["step"]
         record = {**spike, "event": "rewind", "batches_skipped": self.skip_batches, "checkpoint_step": c,
                   "advance": spike["step"] - 1 - c + self.skip_batches}

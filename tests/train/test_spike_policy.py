@@ -176,9 +176,12 @@ def test_max_rewinds_stops_with_the_rewinds_listed(tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"max_rewinds=1") as err:
         fit(spike_config(run_dir, "rewind", max_rewinds=1))
-    text = (run_dir / "DIVERGED").read_text()
+    from mhc_lm.run_dir import RunDir
+
+    record = RunDir(run_dir).divergence()
+    text = record.message
     assert "Rewinds made (1): step 12 (loss" in text and "checkpoint step 8" in text and "--resume-with" in text
-    assert str(err.value) in text
+    assert str(err.value) == text and (record.step, record.reason) == (12, "loss")  # the spike that found no rewind left
     assert [e["event"] for e in events(run_dir)] == ["rewind"]
     with pytest.raises(TrainingDiverged, match="Rewinds made \\(0\\)"):
         fit(spike_config(tmp_path / "zero", "rewind", max_rewinds=0))
@@ -207,7 +210,9 @@ def test_none_exits_3_and_a_kill_right_after_a_rewind_resumes_bit_exactly(tmp_pa
     save_config(spike_config(tmp_path / "none", "none", max_steps=16), none_cfg)
     proc = launch(none_cfg)
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert "step 16" in (tmp_path / "none" / "DIVERGED").read_text()
+    from mhc_lm.run_dir import RunDir
+
+    assert RunDir(tmp_path / "none").divergence().step == 16
 
     paths = {}
     for name in ("ref", "killed"):
