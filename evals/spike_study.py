@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from evals.comparison.load import load_run
+from mhc_lm.config_utils import ConfigError
 from evals.comparison.summary import summarize_run
 
 STREAM_KEYS = ("streams/cos_dist/mean", "streams/eff_rank/mean", "h_res/dist_identity/mean",
@@ -80,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     args = parser.parse_args(argv)
-    rows = sorted((run_row(p) for p in args.runs if (p / "metrics.jsonl").is_file()),
-                  key=lambda r: (r["mode"], r["policy"], r["seed"]))
+    try:
+        rows = sorted((run_row(p) for p in args.runs if (p / "metrics.jsonl").is_file()),
+                      key=lambda r: (r["mode"], r["policy"], r["seed"]))
+    except ConfigError as err:  # a run directory that cannot be read (RunDirError names the file)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not rows:
-        raise SystemExit("no run directory with a metrics.jsonl given")
+        print("error: no run directory with a metrics.jsonl given", file=sys.stderr)
+        return 2
     print(table(rows) + "\n\n" + group_table(rows))
     return 0
 
