@@ -7,7 +7,8 @@ short), final val loss, loss / grad-norm spikes (the metrics callback's counts),
 n_rewinds (the policy's action rows), the steps rewound from, max composite Amax forward, and the
 stream telemetry of the last probe (means over layers: stream cosine distance, effective rank,
 H_res distance from I and from J/n, the composite's distance from J/n; mhc_lm/metrics/streams.py).
-Then the same numbers per (mode, on_spike) group: mean and sample std (ddof = 1) over seeds.
+Then the same numbers per (mode, on_spike) group: mean and sample std (ddof = 1) over seeds (the
+val loss over the runs that did not stop early, as in `evals.compare`).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def group_table(rows: list[dict]) -> str:
     for (mode, policy), rs in groups.items():
         cells = []
         for key in COLUMNS:
-            vals = np.array([r[key] for r in rs], dtype=np.float64)
+            kept = [r for r in rs if key != "final_val_loss" or r["diverged"] == "no"]  # a stopped run's loss is early
+            vals = np.array([r[key] for r in kept], dtype=np.float64)
             vals = vals[np.isfinite(vals)]
             if not len(vals):
                 cells.append("n/a")
