@@ -5,6 +5,7 @@
       meta.json            command, git revision, package versions, host, world size
       metrics.jsonl        one JSON object per line; every line has "step" (non-finite floats as "nan"/"inf")
       DIVERGED             a `Divergence` record (JSON) while the last attempt ended non-finite
+      rewinds.json         train.on_spike=rewind: the rewinds made (mhc_lm/train/spike_policy.py)
       checkpoints/step_XXXXXXX/   atomic checkpoints (mhc_lm.train.checkpoint)
       tokenizer/           the tokenizer of the run's data
       hf/                  the exported Hugging Face folder (config.json, weights, tokenizer, remote code)
@@ -34,8 +35,9 @@ from mhc_lm.config_utils import ConfigError
 from mhc_lm.files import write_text_atomic
 
 CONFIG, META, METRICS, DIVERGED, STABILITY = "config.yaml", "meta.json", "metrics.jsonl", "DIVERGED", "stability.json"
+REWINDS = "rewinds.json"
 CHECKPOINTS, EXPORT, TOKENIZER = "checkpoints", "hf", "tokenizer"
-RUN_FILES = frozenset({CONFIG, META, METRICS, DIVERGED, STABILITY})
+RUN_FILES = frozenset({CONFIG, META, METRICS, DIVERGED, STABILITY, REWINDS})
 """The run's own files at the top of RUN_DIR (an export never replaces them)."""
 
 DEFAULT_SEED = 0

@@ -126,7 +126,7 @@ class TrainConfig:
     on_spike: Literal["none", "skip", "rewind"] = "none"
     """What a loss / grad-norm spike (metrics.spike_window / spike_sigma rule) does: none (log it only), skip
     (drop that optimizer update, decided on device) or rewind (restore the last checkpoint, skip batches).
-    docs/stability.md, "Spike policy"."""
+    docs/training.md, "Spike policy"."""
     rewind_skip_batches: int = 1
     """rewind: the data goes on this many global batches after the spiking step's batch (1 = drop that batch)."""
     max_rewinds: int = 3

@@ -40,12 +40,12 @@ import torch
 
 from mhc_lm.config_utils import ConfigError
 from mhc_lm.metrics.spikes import SpikeDetector
-from mhc_lm.run_dir import Divergence, RunDir
+from mhc_lm.run_dir import REWINDS, Divergence, RunDir
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.resume_with import divergence_advice
 from mhc_lm.train.skip_step import DeviceSpikeDetector
 
-REWINDS_FILE = "rewinds.json"
+REWINDS_FILE = REWINDS
 EVENT_KEYS = ("step", "event", "value", "threshold", "batches_skipped")
 MAX_NONFINITE_SKIPS = 20
 """skip: consecutive non-finite steps (all skipped) after which the run counts as diverged."""
