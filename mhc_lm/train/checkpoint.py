@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from mhc_lm.config_utils import ConfigError
+from mhc_lm.train import state_io
 
 STATE_FILE = "trainer_state.json"
 
@@ -49,7 +50,7 @@ def _damaged(ckpt: Path, what: str) -> CheckpointError:
     """Error for an unreadable checkpoint, naming the complete checkpoint before it (if any)."""
     ckpt = Path(ckpt)
     older = [p for p in complete_checkpoints(ckpt.parent.parent) if p.name < ckpt.name]
-    fix = (f"move {ckpt} out of {ckpt.parent} (or delete it) and rerun: checkpoint.resume=auto then resumes "
+    fix = (f"move {ckpt} out of {ckpt.parent} and rerun: checkpoint.resume=auto then resumes "
            f"from {older[-1]}" if older else "start a new run_dir, or restore the files from a backup")
     return CheckpointError(f"checkpoint {ckpt} cannot be resumed: {what}. If it is damaged (a crash or a full disk "
                            f"while it was copied), {fix}")
@@ -66,7 +67,29 @@ def read_state(ckpt: Path) -> dict:
         raise _damaged(ckpt, f"{STATE_FILE} is not valid JSON ({err})") from err
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise _damaged(ckpt, f"{STATE_FILE} holds no step")
+    state_io.validate_state(ckpt, state, lambda what: _damaged(ckpt, what))
     return state
+
+
+def check_checkpoint(accelerator, ckpt: Path, state: dict) -> None:
+    """Everything about `ckpt` that can be checked before it is loaded and before the run directory
+    is written: world size, strategy, the pickle scan of every file, this rank's RNG state."""
+    _check_layout(accelerator, ckpt, state)
+    state_io.check_scheduler_state(ckpt, state, lambda what: CheckpointError(f"checkpoint {ckpt} cannot be resumed: "
+                                                                             f"{what}"))
+    check_safe(ckpt)
+    state_io.check_rng_state(ckpt, accelerator.process_index, lambda what: _damaged(ckpt, what))
+
+
+def check_safe(ckpt: Path) -> None:
+    """Every file of `ckpt` passes the pickle scan (`mhc_lm.train.safe_pickle`), or CheckpointError."""
+    from mhc_lm.train.safe_pickle import UnsafePickleError, scan_tree
+
+    try:
+        scan_tree(ckpt)
+    except UnsafePickleError as err:
+        raise CheckpointError(f"{err}: refused, nothing of checkpoint {ckpt} was loaded (files in a run directory "
+                              "are never unpickled beyond tensors and plain data)") from err
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, loader_state, keep_last: int,
@@ -103,6 +126,19 @@ def load_checkpoint(accelerator, ckpt: Path, state: dict | None = None) -> dict:
     """Collective: restores Accelerate state; returns the trainer state (with `loader_states`).
     `state`: the checkpoint's `read_state`, when the caller has read it already."""
     state = read_state(ckpt) if state is None else state
+    check_checkpoint(accelerator, ckpt, state)
+    written = state.get("distributed_type")
+    try:
+        accelerator.load_state(str(ckpt))
+    except Exception as err:  # truncated safetensors / optimizer files, a missing shard, ...
+        what = f"loading its model / optimizer state failed ({type(err).__name__}: {err})"
+        if written is None:  # written before the strategy was recorded
+            what += "; if it was written under another strategy (DDP / DeepSpeed / FSDP), relaunch with that one"
+        raise _damaged(ckpt, what) from err
+    return state
+
+
+def _check_layout(accelerator, ckpt: Path, state: dict) -> None:
     if state.get("world_size") != accelerator.num_processes:
         raise CheckpointError(
             f"{ckpt} was written by {state.get('world_size')} processes, this run has {accelerator.num_processes}: "
@@ -113,14 +149,6 @@ def load_checkpoint(accelerator, ckpt: Path, state: dict | None = None) -> dict:
             f"{ckpt} was written under {written}, this run uses {now}: the model and optimizer state are laid out "
             f"differently; relaunch with the {written} accelerate config, or export the weights "
             "(launch/export_hf.py) and start a new run_dir from them")
-    try:
-        accelerator.load_state(str(ckpt))
-    except Exception as err:  # truncated safetensors / optimizer files, a missing shard, ...
-        what = f"loading its model / optimizer state failed ({type(err).__name__}: {err})"
-        if written is None:  # written before the strategy was recorded
-            what += "; if it was written under another strategy (DDP / DeepSpeed / FSDP), relaunch with that one"
-        raise _damaged(ckpt, what) from err
-    return state
 
 
 def _strategy(accelerator) -> str:
