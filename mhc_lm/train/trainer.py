@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mhc_lm.config_utils import ConfigError, flatten_dict, to_dict
 from mhc_lm.train import checkpoint as ckpt_lib
-from mhc_lm.train import state_io
+from mhc_lm.train import run_lock, state_io
 from mhc_lm.train.callbacks import default_callbacks
 from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
 from mhc_lm.train.data import DataBundle, build_data
@@ -151,7 +151,8 @@ class Trainer:
             # every start writes config.yaml then meta.json before anything else: a folder holding other
             # files but no meta.json was not written by a run (a kill between the two leaves config.yaml)
             others = sorted(p.name for p in run_dir.iterdir()
-                            if p.name not in ("config.yaml", "checkpoints") and not p.name.endswith(".tmp"))
+                            if p.name not in ("config.yaml", "checkpoints", run_lock.LOCK_FILE)
+                            and not p.name.endswith(".tmp"))
             if others:
                 raise ConfigError(
                     f"run_dir={run_dir} already holds files that are not from a training run ({', '.join(others[:5])}"
@@ -324,6 +325,14 @@ class Trainer:
 
     def fit(self) -> str:
         """Train to max_steps (or until SIGTERM/SIGINT). Returns "completed" or "interrupted"."""
+        lock = run_lock.acquire_for_run(self.accelerator, self.run_dir)  # before anything in run_dir is read or written
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> str:
         acc, cfg = self.accelerator, self.config
         resume_path = self._resume_path()
         resume_state = ckpt_lib.read_state(resume_path) if resume_path is not None else None
