@@ -157,7 +157,9 @@ class ProbeCallback:
 
     def on_step_end(self, trainer, step: int, logs: dict) -> None:
         if self.due(trainer, step):
-            logs.update(self.probe(trainer))
+            from mhc_lm.train.faults import probe_or_diverge
+
+            logs.update(probe_or_diverge(self.probe, trainer, step))
 
     def probe(self, trainer) -> dict[str, float]:
         acc = trainer.accelerator

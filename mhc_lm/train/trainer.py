@@ -314,9 +314,10 @@ class Trainer:
                 return
         self._diverged(loss, gn)
 
-    def _diverged(self, loss: float, grad_norm: float):
+    def _diverged(self, loss: float, grad_norm: float, what: str | None = None):
         last = ckpt_lib.latest_checkpoint(self.run_dir)
-        msg = (f"non-finite loss/grad norm at step {self.step + 1} (loss={loss}, grad_norm={grad_norm}); "
+        what = what or f"non-finite loss/grad norm at step {self.step + 1} (loss={loss}, grad_norm={grad_norm})"
+        msg = (f"{what}; "
                f"stopping without saving. Last good checkpoint: {last or 'none'}. "
                "Try a lower optim.lr, more optim.warmup_steps, or train.grad_clip; resume restarts from it.")
         if self.accelerator.is_main_process:

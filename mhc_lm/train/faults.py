@@ -1,0 +1,111 @@
+"""Faults turned into the documented exit codes instead of tracebacks.
+
+- Divergence found outside the loss / gradient-norm check (the stability probe: non-finite
+  weights or activations make `linalg.svd` and friends raise) is a divergence: DIVERGED is
+  written and `TrainingDiverged` raised (exit 3), whatever else failed on the way.
+- A write that fails on a full disk, a read-only filesystem or a permission error is a
+  `WriteFault` (exit 2, one line): the path, the reason, and the last complete checkpoint.
+  Partial files are removed by the writer that raised it (checkpoint `.tmp` folders, export
+  `.tmp` folders); the run directory otherwise stays as it was, so a rerun once space is freed
+  resumes from that checkpoint bit-exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+# errno values that are the user's environment, not a bug
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
+# how torch's zip writer and safetensors report a short write (they drop the errno)
+_SHORT_WRITE = ("unexpected pos", "file write failed", "No space left on device", "Read-only file system",
+                "Permission denied", "Disk quota exceeded", "IoError", "failed to write")
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+class WriteFault(OSError):
+    """A file of the run could not be written for a reason of the environment (exit code 2)."""
+
+
+def write_cause(err: BaseException, path: Path | None = None) -> str | None:
+    """The environment reason behind `err` (an OSError with a known errno anywhere in its chain, or
+    a short-write error of torch / safetensors while the disk holding `path` is nearly full), else None."""
+    seen, e = set(), err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            return WRITE_ERRNOS[e.errno]
+        e = e.__cause__ or e.__context__
+    text = str(err)
+    if path is not None and any(s in text for s in _SHORT_WRITE):
+        for s, reason in (("Read-only", "read-only file system"), ("Permission", "permission denied"),
+                          ("quota", "disk quota exceeded")):
+            if s in text:
+                return reason
+        try:
+            if shutil.disk_usage(_existing(Path(path))).free < LOW_SPACE_BYTES:
+                return "no space left on device"
+        except OSError:
+            pass
+    return None
+
+
+def _existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def write_fault(err: BaseException, path: Path, run_dir: Path | None = None) -> WriteFault | None:
+    """A WriteFault naming `path`, the reason and the run's last complete checkpoint, or None if
+    `err` is not an environment write error."""
+    reason = write_cause(err, path)
+    if reason is None:
+        return None
+    last = None
+    if run_dir is not None:
+        from mhc_lm.train.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(run_dir)
+    code = next((k for k, v in WRITE_ERRNOS.items() if v == reason), errno.EIO)
+    tail = (f"; last complete checkpoint: {last or 'none'}; partial files removed, free space (or fix the "
+            "permissions) and rerun the same command to resume") if run_dir is not None else ""
+    return WriteFault(code, f"{reason}: writing {path} failed{tail}")
+
+
+def remove_partial(path: Path) -> None:
+    """Best-effort removal of a partial file or folder (a full disk may refuse nothing here)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _model_is_finite(model) -> bool:
+    return all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters() if p.numel())
+
+
+def probe_or_diverge(probe, trainer, step: int) -> dict:
+    """`probe(trainer)`; non-finite weights, a probe that fails on non-finite values, or a
+    non-finite probe metric end the run as a divergence (DIVERGED, exit 3)."""
+    try:
+        metrics = probe(trainer)
+    except (RuntimeError, ValueError) as err:  # torch.linalg.LinAlgError is a RuntimeError
+        if "non-finite" in str(err) or not _model_is_finite(trainer.unwrapped_model):
+            trainer._diverged(float("nan"), float("nan"), f"non-finite values in the stability probe at step {step} "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+        raise
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:
+        trainer._diverged(float("nan"), float("nan"), f"non-finite values in the stability probe at step {step} "
+                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+    return metrics
