@@ -40,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ExportTargetError, UnsafePickleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only or unwritable --out
+        from mhc_lm.train.faults import as_write_fault
+
+        fault = as_write_fault(err)
+        if fault is None:
+            raise
+        print(f"error: {fault.strerror}", file=sys.stderr)
+        return 2
     print(f"exported {out}")
     return 0
 

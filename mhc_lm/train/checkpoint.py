@@ -94,11 +94,26 @@ def check_safe(ckpt: Path) -> None:
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, loader_state, keep_last: int,
                     _fault_hook=None) -> Path:
-    """Collective: call on every rank. Returns the final checkpoint directory."""
-    from accelerate.utils import gather_object
+    """Collective: call on every rank. Returns the final checkpoint directory. A full disk or a
+    read-only / permission error removes the partial `.tmp` and raises `faults.WriteFault`."""
+    from mhc_lm.train import faults
 
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
+    try:
+        return _save_checkpoint(accelerator, run_dir, step, state, loader_state, keep_last, final, tmp, _fault_hook)
+    except Exception as err:
+        fault = faults.write_fault(err, Path(getattr(err, "filename", None) or tmp), run_dir)
+        if fault is None:
+            raise
+        if accelerator.is_main_process:
+            faults.remove_partial(tmp)
+        raise fault from err
+
+
+def _save_checkpoint(accelerator, run_dir, step, state, loader_state, keep_last, final, tmp, _fault_hook):
+    from accelerate.utils import gather_object
+
     if accelerator.is_main_process:
         if tmp.exists():
             shutil.rmtree(tmp)

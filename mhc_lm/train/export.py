@@ -172,8 +172,13 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
             tokenizer.save_pretrained(tmp)
             _set_tokenizer_defaults(tmp, getattr(model.config, "max_position_embeddings", None))
         _write_marker(tmp, sorted(p.name for p in tmp.iterdir() if p.name != _EXPORT_MARKER))
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        from mhc_lm.train.faults import write_fault
+
+        fault = write_fault(err, Path(getattr(err, "filename", None) or tmp)) if isinstance(err, Exception) else None
+        if fault is not None:  # a full disk / read-only target: one clear error, the partial folder removed
+            raise fault from err
         raise
     _replace_dir(tmp, out_dir)
     return out_dir

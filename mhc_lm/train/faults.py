@@ -78,6 +78,13 @@ def write_fault(err: BaseException, path: Path, run_dir: Path | None = None) -> 
     return WriteFault(code, f"{reason}: writing {path} failed{tail}")
 
 
+def as_write_fault(err: OSError, run_dir: Path | None = None) -> WriteFault | None:
+    """`err` itself if it is a WriteFault, else `write_fault` for the file it names (or run_dir)."""
+    if isinstance(err, WriteFault):
+        return err
+    return write_fault(err, Path(err.filename or run_dir or "."), run_dir)
+
+
 def remove_partial(path: Path) -> None:
     """Best-effort removal of a partial file or folder (a full disk may refuse nothing here)."""
     path = Path(path)

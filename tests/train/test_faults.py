@@ -26,3 +26,91 @@ def test_non_finite_values_in_the_probe_are_a_divergence(tmp_path):
         run(cfg)
     assert "non-finite" in (run_dir / "DIVERGED").read_text()
     assert not ckpt_lib.complete_checkpoints(run_dir)
+
+
+def full_disk_after(monkeypatch, calls: int, exc=None):
+    """accelerate's torch.save wrapper (the optimizer state) writes half a file and fails with
+    ENOSPC from its `calls`-th call on, as on a full disk."""
+    import accelerate.checkpointing as acc_ckpt
+
+    real, count = acc_ckpt.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        count["n"] += 1
+        if count["n"] < calls:
+            return real(obj, f, *args, **kwargs)
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04partial")
+        raise exc or OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(acc_ckpt, "save", save)
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+@pytest.mark.parametrize("exc", ["oserror", "torch_short_write"])
+def test_a_full_disk_during_a_checkpoint_is_one_clear_error_and_the_rerun_resumes_bit_exactly(
+        tmp_path, monkeypatch, exc):
+    from mhc_lm.train import faults
+
+    ref = tmp_path / "ref"
+    kw = dict(train={"max_steps": 12}, checkpoint={"every": 4, "keep_last": 3})
+    run(tiny_config(ref, **kw))
+    run_dir = tmp_path / "run"
+    if exc == "torch_short_write":  # torch's zip writer drops the errno; the disk is then (nearly) full
+        monkeypatch.setattr(faults.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+        error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1216 vs 1110")
+    else:
+        error = None
+    full_disk_after(monkeypatch, calls=3, exc=error)  # 2 files per checkpoint: step 4 fits, step 8 not
+    with pytest.raises(faults.WriteFault) as err:
+        run(tiny_config(run_dir, **kw))
+    msg = err.value.strerror
+    assert msg.startswith("no space left on device: writing ") and "\n" not in msg
+    assert "step_0000008" in msg and "last complete checkpoint: " in msg and msg.count("step_0000004") == 1
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))  # the partial checkpoint is gone
+    assert [p.name for p in ckpt_lib.complete_checkpoints(run_dir)] == ["step_0000004"]
+    monkeypatch.undo()  # space freed: the same command resumes
+    run(tiny_config(run_dir, **kw))
+    assert losses(run_dir) == losses(ref)
+
+
+def test_a_full_disk_on_the_metrics_log_is_one_clear_error(tmp_path, monkeypatch):
+    from mhc_lm.train import faults
+    from mhc_lm.train import run_log
+
+    real = run_log.MetricsWriter.write
+
+    def write(self, record):
+        if record.get("step") == 6:
+            self._fh = self._fh or open(self.path, "a")
+            self._fh.close()
+            self._fh = open("/dev/full", "w")  # every flush fails with ENOSPC
+        return real(self, record)
+
+    monkeypatch.setattr(run_log.MetricsWriter, "write", write)
+    run_dir = tmp_path / "run"
+    with pytest.raises(faults.WriteFault) as err:
+        run(tiny_config(run_dir, train={"max_steps": 8}, checkpoint={"every": 4}))
+    assert err.value.strerror.startswith(f"no space left on device: writing {run_dir / 'metrics.jsonl'}")
+    assert "step_0000004" in err.value.strerror
+
+
+def test_pretrain_turns_a_write_error_into_exit_2_and_one_line(tmp_path, monkeypatch, capsys):
+    import launch.pretrain as pretrain
+
+    class Boom:
+        def __init__(self, config):
+            pass
+
+        def fit(self):
+            raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "run" / "config.yaml"))
+
+    monkeypatch.setattr("mhc_lm.train.Trainer", Boom)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\n")
+    assert pretrain.main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: read-only file system: writing ") and "config.yaml" in err[0]
