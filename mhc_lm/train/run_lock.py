@@ -32,12 +32,17 @@ class RunLockError(ConfigError):
 class RunLock:
     """A held lock; `release()` (idempotent) unlocks it."""
 
-    def __init__(self, run_dir: Path, fd: int):
-        self.run_dir, self._fd = run_dir, fd
+    def __init__(self, run_dir: Path, fd: int, created: bool):
+        self.run_dir, self._fd, self._created = run_dir, fd, created
 
     def release(self) -> None:
         if self._fd is not None:
             (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+            if self._created:  # a run refused before writing anything leaves no empty folder behind
+                try:
+                    self.run_dir.rmdir()
+                except OSError:  # not empty: the run wrote into it
+                    pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -54,16 +59,25 @@ def _holder(path: Path) -> str:
 def acquire(run_dir: Path) -> RunLock:
     """Take the lock of `run_dir` (created if missing) in this process, or raise RunLockError."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RunLockError(f"run_dir={run_dir} is in use by another trainer ({_holder(run_dir / LOCK_FILE)}): one "
-                           "run directory takes one trainer. Wait for it to finish, stop it, or choose another "
-                           "run_dir") from None
-    lock = RunLock(run_dir, fd)
+    while True:
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockError(f"run_dir={run_dir} is in use by another trainer ({_holder(run_dir / LOCK_FILE)}): "
+                               "one run directory takes one trainer. Wait for it to finish, stop it, or choose "
+                               "another run_dir") from None
+        try:
+            same = os.stat(run_dir).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # removed (and maybe recreated) by a refused trainer meanwhile: lock the folder now there
+    lock = RunLock(run_dir, fd, created)
     try:
         tmp = run_dir / (LOCK_FILE + ".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
