@@ -11,7 +11,8 @@ passes and a crafted one (`__reduce__` returning `os.system`) is refused before 
 (DeepSpeed loads its files with `weights_only=False`) opens it.
 
 Torch files are zip archives whose `*/data.pkl` member holds the pickle (tensor bytes live in
-other members); a file that starts with a pickle protocol opcode is scanned as raw pickles.
+other members); a file that starts with a pickle protocol opcode (PROTO 2-5) is scanned as raw
+pickles, unless it is a safetensors file (an 8-byte header length, then its JSON header).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICOD
 def _pickles_of(path: Path) -> list[tuple[str, bytes]]:
     """(where, bytes) of each pickle inside `path`; [] for a file that holds none."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
+        head = fh.read(9)
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as zf:
@@ -111,9 +112,15 @@ def _pickles_of(path: Path) -> list[tuple[str, bytes]]:
                         if name.endswith(".pkl") or name.rsplit("/", 1)[-1] == "data.pkl"]
         except zipfile.BadZipFile as err:
             raise UnsafePickleError(f"{path} is not a readable zip archive ({err})") from err
-    if head[:1] == bytes([_PICKLE_PROTOCOL_OPCODE]):
+    if _is_safetensors(head):  # 8-byte header length, then the JSON header: never unpickled
+        return []
+    if head[:1] == bytes([_PICKLE_PROTOCOL_OPCODE]) and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return [("", path.read_bytes())]
     return []
+
+
+def _is_safetensors(head: bytes) -> bool:
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0
 
 
 def scan_file(path: Path) -> None:
