@@ -123,17 +123,28 @@ def _save_checkpoint(accelerator, run_dir, step, state, loader_state, keep_last,
     loader_states = gather_object([loader_state])  # one entry per rank, rank order
     if _fault_hook is not None:
         _fault_hook(tmp)  # tests: die here, mid-write
+    error = None
     if accelerator.is_main_process:
-        payload = {**state, "step": step, "world_size": accelerator.num_processes,
-                   "distributed_type": _strategy(accelerator), "loader_states": loader_states}
-        (tmp / (STATE_FILE + ".tmp")).write_text(json.dumps(payload))
-        (tmp / (STATE_FILE + ".tmp")).replace(tmp / STATE_FILE)
-        if final.exists():  # a complete checkpoint of the same step (resumed run): replace it
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in complete_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+        try:
+            payload = {**state, "step": step, "world_size": accelerator.num_processes,
+                       "distributed_type": _strategy(accelerator), "loader_states": loader_states}
+            (tmp / (STATE_FILE + ".tmp")).write_text(json.dumps(payload))
+            (tmp / (STATE_FILE + ".tmp")).replace(tmp / STATE_FILE)
+            if final.exists():  # a complete checkpoint of the same step (resumed run): replace it
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for old in complete_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        except Exception as err:  # told to the other ranks below, instead of leaving them in a barrier
+            error = err
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        failed = broadcast_object_list([None if error is None else (getattr(error, "errno", None), str(error))])[0]
+        if failed is not None and error is None:
+            raise OSError(failed[0], f"checkpoint write failed on the main process: {failed[1]}", str(tmp))
+    if error is not None:
+        raise error
     return final
 
 
