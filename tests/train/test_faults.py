@@ -114,3 +114,46 @@ def test_pretrain_turns_a_write_error_into_exit_2_and_one_line(tmp_path, monkeyp
     assert pretrain.main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: read-only file system: writing ") and "config.yaml" in err[0]
+
+
+def test_a_full_disk_during_an_export_removes_the_partial_folder(tmp_path, monkeypatch, capsys):
+    from launch.export_hf import main
+    from mhc_lm.model import MhcLmForCausalLM
+
+    run_dir = tmp_path / "run"
+    run(tiny_config(run_dir, train={"max_steps": 4}, checkpoint={"every": 4}))
+    real = MhcLmForCausalLM.save_pretrained
+
+    def save_pretrained(self, folder, *args, **kwargs):
+        real(self, folder, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder) + "/model.safetensors")
+
+    monkeypatch.setattr(MhcLmForCausalLM, "save_pretrained", save_pretrained)
+    assert main([str(run_dir), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left on device: writing ") and "model.safetensors" in err[0]
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "hf.tmp").exists()
+
+
+def test_a_full_disk_during_data_preparation_is_exit_2_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from mhc_lm.data import prepare as prepare_module
+    from tests.data.conftest import synthetic_docs, write_txt
+
+    write_txt(tmp_path / "txt", synthetic_docs(12))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "train_00000.bin"))
+
+    monkeypatch.setattr(prepare_module, "_write_split", full)
+    spec = importlib.util.spec_from_file_location(
+        "prepare_cli", Path(__file__).resolve().parents[2] / "launch" / "prepare_data.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    rc = cli.main(["--quiet", f"data.train_files={tmp_path}/txt/*.txt", f"data.out_dir={tmp_path}/out",
+                   "data.vocab_size=400", "data.num_proc=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: no space left on device: writing ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["txt"]  # the staging folder is gone

@@ -64,3 +64,25 @@ def test_a_lock_is_free_again_after_the_run(tmp_path):
     cfg = tiny_config(run_dir, train={"max_steps": 2})
     Trainer(cfg, data=toy_data(cfg)).fit()
     run_lock.acquire(run_dir).release()  # fit released it
+
+
+def test_pretrain_started_into_a_held_run_dir_exits_2_naming_the_holder(tmp_path, capsys):
+    import launch.pretrain as pretrain
+    from tests.data.conftest import synthetic_docs, write_txt
+    from tests.train.test_user_errors import config_file
+
+    write_txt(tmp_path / "txt", synthetic_docs(12))
+    cfg = config_file(tmp_path, [str(tmp_path / "txt" / "*.txt")])
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD.format(repo=str(REPO), run_dir=str(run_dir))],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "HELD"
+        assert pretrain.main(["--config", str(cfg)]) == 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("[mhc-lm] preparing")]
+    assert len(err) == 1 and f"pid {proc.pid} on host {socket.gethostname()}" in err[0]
+    assert sorted(p.name for p in run_dir.iterdir()) == [run_lock.LOCK_FILE]  # the holder's note only
+    assert pretrain.main(["--config", str(cfg)]) == 0  # the holder is gone: the run goes ahead

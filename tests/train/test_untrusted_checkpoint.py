@@ -110,7 +110,7 @@ def test_a_checkpoint_with_the_scheduler_as_a_pickle_is_refused_not_unpickled(ru
 
 
 @pytest.mark.parametrize("edit", ["drop_tokens", "drop_loader_states", "step", "rng_missing", "rng_garbage",
-                                  "scheduler_missing"])
+                                  "scheduler_missing", "weights_truncated"])
 def test_checkpoint_metadata_is_validated_before_anything_changes(run_dir, edit):
     latest = ckpt_lib.latest_checkpoint(run_dir)
     path = latest / ckpt_lib.STATE_FILE
@@ -127,13 +127,16 @@ def test_checkpoint_metadata_is_validated_before_anything_changes(run_dir, edit)
         (latest / "random_states_0.pkl").unlink()
     elif edit == "rng_garbage":
         torch.save({"nothing": 1}, latest / "random_states_0.pkl")
+    elif edit == "weights_truncated":  # found only by loading: still before anything is written
+        weights = latest / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
     path.write_text(json.dumps(state))
     (run_dir / "DIVERGED").write_text("an earlier attempt\n")
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     match = {"drop_tokens": "lacks tokens", "drop_loader_states": "lacks loader_states",
              "step": "says step 6 but the directory is step_0000008", "rng_missing": "random_states_0.pkl.*missing",
              "rng_garbage": "random_states_0.pkl holds no RNG state",
-             "scheduler_missing": "no LR scheduler state"}[edit]
+             "scheduler_missing": "no LR scheduler state", "weights_truncated": "loading its model"}[edit]
     with pytest.raises(ConfigError, match=match):
         run(tiny_config(run_dir, train={"max_steps": 12}, checkpoint={"every": 4, "keep_last": 3}))
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
