@@ -24,9 +24,12 @@ import torch
 WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                 errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
-# how torch's zip writer and safetensors report a short write (they drop the errno)
-_SHORT_WRITE = ("unexpected pos", "file write failed", "No space left on device", "Read-only file system",
-                "Permission denied", "Disk quota exceeded", "IoError", "failed to write")
+# OS errors quoted in the text of a library's error (safetensors: "IoError(Os { code: 28, ... })")
+_STATED = (("No space left on device", "no space left on device"), ("StorageFull", "no space left on device"),
+           ("Disk quota exceeded", "disk quota exceeded"), ("Read-only file system", "read-only file system"),
+           ("ReadOnlyFilesystem", "read-only file system"))
+# how torch's zip writer reports a short write, without the errno
+_SHORT_WRITE = ("unexpected pos", "file write failed", "failed to write")
 LOW_SPACE_BYTES = 64 * 2**20
 
 
@@ -44,11 +47,10 @@ def write_cause(err: BaseException, path: Path | None = None) -> str | None:
             return WRITE_ERRNOS[e.errno]
         e = e.__cause__ or e.__context__
     text = str(err)
-    if path is not None and any(s in text for s in _SHORT_WRITE):
-        for s, reason in (("Read-only", "read-only file system"), ("Permission", "permission denied"),
-                          ("quota", "disk quota exceeded")):
-            if s in text:
-                return reason
+    for needle, reason in _STATED:  # safetensors / torch errors quoting the OS error
+        if needle in text:
+            return reason
+    if path is not None and any(s in text for s in _SHORT_WRITE):  # the errno is lost: look at the disk
         try:
             if shutil.disk_usage(_existing(Path(path))).free < LOW_SPACE_BYTES:
                 return "no space left on device"
@@ -75,7 +77,8 @@ def write_fault(err: BaseException, path: Path, run_dir: Path | None = None) -> 
     code = next((k for k, v in WRITE_ERRNOS.items() if v == reason), errno.EIO)
     tail = (f"; last complete checkpoint: {last or 'none'}; partial files removed, free space (or fix the "
             "permissions) and rerun the same command to resume") if run_dir is not None else ""
-    return WriteFault(code, f"{reason}: writing {path} failed{tail}")
+    what = f"{path}" if code in (errno.EACCES, errno.EPERM) else f"writing {path} failed"  # reads get EACCES too
+    return WriteFault(code, f"{reason}: {what}{tail}")
 
 
 def as_write_fault(err: OSError, run_dir: Path | None = None) -> WriteFault | None:

@@ -157,3 +157,18 @@ def test_a_full_disk_during_data_preparation_is_exit_2_and_leaves_nothing(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: no space left on device: writing ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["txt"]  # the staging folder is gone
+
+
+def test_library_errors_that_quote_the_os_error_are_write_faults(tmp_path):
+    from mhc_lm.train.faults import write_fault
+
+    class SafetensorError(Exception):
+        pass
+
+    err = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                          '"No space left on device" })')
+    fault = write_fault(err, tmp_path / "model.safetensors", tmp_path)
+    assert fault.strerror.startswith(f"no space left on device: writing {tmp_path / 'model.safetensors'} failed")
+    assert write_fault(RuntimeError("shape mismatch"), tmp_path / "x", tmp_path) is None  # a bug stays a bug
+    # torch's zip writer drops the errno: a short write counts only when the disk is (nearly) full
+    assert write_fault(RuntimeError("unexpected pos 1216 vs 1110"), tmp_path / "x", tmp_path) is None
