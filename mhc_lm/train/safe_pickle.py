@@ -65,8 +65,9 @@ class UnsafePickleError(ValueError):
     """A file would import something other than data types when unpickled."""
 
 
-def _globals_in(stream: bytes) -> list[str]:
-    """Every `module.name` a pickle imports, from its opcodes alone (nothing is executed).
+def _globals_in(stream: io.BytesIO) -> list[str]:
+    """Every `module.name` the pickle at the position of `stream` imports, from its opcodes alone
+    (nothing is executed); `stream` is left after its STOP opcode.
 
     `STACK_GLOBAL` takes module and name from the stack: they are the two values pushed last,
     strings or memo lookups of strings (the memo is followed). Anything else there is reported as
@@ -74,9 +75,12 @@ def _globals_in(stream: bytes) -> list[str]:
     found: list[str] = []
     pushed: list = []  # recent pushes: a str, or None for any other value
     memo: dict[int, object] = {}
-    for op, arg, _ in pickletools.genops(io.BytesIO(stream)):
+    for op, arg, _ in pickletools.genops(stream):
         name = op.name
-        if name in ("GLOBAL", "INST"):
+        if name.startswith("EXT"):  # a global looked up in copyreg's extension registry
+            found.append(f"<extension code {arg}>")
+            pushed.append(None)
+        elif name in ("GLOBAL", "INST"):
             found.append(str(arg).replace(" ", "."))
             pushed.append(None)
         elif name == "STACK_GLOBAL":
@@ -131,9 +135,7 @@ def scan_file(path: Path) -> None:
         while pos < len(data) and count < _MAX_RAW_PICKLES:
             buf = io.BytesIO(data[pos:])
             try:
-                names = _globals_in(data[pos:])
-                for _ in pickletools.genops(buf):
-                    pass
+                names = _globals_in(buf)
             except Exception as err:  # truncated or not a pickle: nothing past it can be vouched for
                 if count == 0:
                     raise UnsafePickleError(f"{path}{':' + where if where else ''} is not a readable pickle "

@@ -179,3 +179,25 @@ def test_a_safetensors_file_whose_header_length_looks_like_a_pickle_opcode_passe
         pytest.skip("no header length of that form found")
     scan_file(path)  # passes
     assert set(load_file(str(path))) == {"w" * n}
+
+
+def test_the_scan_follows_the_memo_and_refuses_what_it_cannot_tell(tmp_path):
+    import pickle
+
+    def raw(name, data):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    # protocol 4 memoizes strings: a second torch tensor reuses "torch._utils" through BINGET
+    scan_file(raw("ok.pkl", pickle.dumps([torch.zeros(1).numpy(), torch.zeros(1).numpy()], protocol=4)))
+    # os.system spelled out by STACK_GLOBAL from memoized strings
+    bad = (b"\x80\x04\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x04echo\x94\x85\x94R\x94.")
+    with pytest.raises(UnsafePickleError, match="posix.system"):
+        scan_file(raw("stack.pkl", bad))
+    # the global's name from a value the scan cannot follow (a DUP of a string): refused, not guessed
+    dup = b"\x80\x04\x8c\x05posix\x8c\x06system" + b"2" + b"0" + b"\x93."  # DUP, POP, STACK_GLOBAL
+    with pytest.raises(UnsafePickleError, match="unknown global"):
+        scan_file(raw("dup.pkl", dup))
+    with pytest.raises(UnsafePickleError, match="extension code"):
+        scan_file(raw("ext.pkl", b"\x80\x02\x82\x01)R."))
