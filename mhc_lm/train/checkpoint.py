@@ -5,8 +5,14 @@ A checkpoint is complete iff its directory has no `.tmp` suffix and holds `train
 which is written last; a run killed while writing leaves only a `.tmp` directory, which resume
 ignores (and the next save removes). Contents:
 - `accelerator.save_state`: model (safetensors, or DeepSpeed/FSDP shards), optimizer,
-  the registered LR scheduler, RNG states of every process (python, numpy, torch, cuda);
-- `trainer_state.json`: step, tokens, world size and every rank's data-loader state.
+  RNG states of every process (python, numpy, torch, cuda);
+- `trainer_state.json`: step, tokens, world size, every rank's data-loader state, the LR
+  scheduler state and the settings a resume must keep (`mhc_lm.train.state_io`).
+
+Before anything of a checkpoint is loaded (and before the run directory is written), its
+metadata is validated and every file passes `mhc_lm.train.safe_pickle`'s scan: nothing in it is
+unpickled beyond tensors and plain data. A write that fails on a full disk or a read-only /
+permission error removes the `.tmp` and raises `faults.WriteFault`.
 """
 
 from __future__ import annotations
