@@ -4,9 +4,9 @@ are safe and complete before anything of it is loaded.
 - The LR scheduler is not registered with Accelerate (which pickles it to
   `custom_checkpoint_0.pkl` and loads that with `weights_only=False`); its state dict (plain
   numbers) goes into `trainer_state.json` under "scheduler".
-- Every file of a checkpoint is scanned by `mhc_lm.train.safe_pickle` before Accelerate,
-  DeepSpeed or FSDP open it: a pickle that imports anything but data types is refused, with
-  the file named, and nothing of the checkpoint is loaded.
+- (`checkpoint.check_safe`) Every file of a checkpoint is scanned by `mhc_lm.train.safe_pickle`
+  before Accelerate, DeepSpeed or FSDP open it: a pickle that imports anything but data types
+  is refused, with the file named, and nothing of the checkpoint is loaded.
 - `trainer_state.json` is validated (keys and types, its step against the directory name) and
   each rank's RNG state file must exist and hold the states: Accelerate skips a missing or
   unreadable one silently, which would resume with other random numbers.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-
 
 LEGACY_SCHEDULER_FILE = "custom_checkpoint_0.pkl"
 RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
