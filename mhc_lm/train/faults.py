@@ -112,10 +112,10 @@ def probe_or_diverge(probe, trainer, step: int) -> dict:
     except (RuntimeError, ValueError) as err:  # torch.linalg.LinAlgError is a RuntimeError
         if "non-finite" in str(err) or not _model_is_finite(trainer.unwrapped_model):
             trainer._diverged(float("nan"), float("nan"), f"non-finite values in the stability probe at step {step} "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]})", step=step)
         raise
     bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if bad:
         trainer._diverged(float("nan"), float("nan"), f"non-finite values in the stability probe at step {step} "
-                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})", step=step)
     return metrics

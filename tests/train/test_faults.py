@@ -22,8 +22,10 @@ def test_non_finite_values_in_the_probe_are_a_divergence(tmp_path):
     run_dir = tmp_path / "run"
     cfg = tiny_config(run_dir, "mhc", train={"max_steps": 4, "grad_clip": 0.0}, optim={"lr": 1e6, "warmup_steps": 0},
                       metrics={"enabled": True, "probe_every": 1}, checkpoint={"every": 0, "save_at_end": False})
-    with pytest.raises(TrainingDiverged, match="non-finite"):
-        run(cfg)
+    from mhc_lm.metrics import build_callbacks
+
+    with pytest.raises(TrainingDiverged, match="non-finite values in the stability probe at step 1"):
+        Trainer(cfg, data=toy_data(cfg), callbacks=build_callbacks(cfg)).fit()
     assert "non-finite" in (run_dir / "DIVERGED").read_text()
     assert not ckpt_lib.complete_checkpoints(run_dir)
 
@@ -102,7 +104,7 @@ def test_pretrain_turns_a_write_error_into_exit_2_and_one_line(tmp_path, monkeyp
     import launch.pretrain as pretrain
 
     class Boom:
-        def __init__(self, config):
+        def __init__(self, config, **kwargs):
             pass
 
         def fit(self):
