@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     from mhc_lm.train.distributed import shutdown
+    from mhc_lm.train.checkpoint import latest_checkpoint
     from mhc_lm.train.faults import as_write_fault
 
     try:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as err:  # a full disk, a read-only or unwritable run_dir / data cache
-        fault = as_write_fault(err, Path(config.run_dir))
+        fault = as_write_fault(err, Path(config.run_dir), latest_checkpoint(config.run_dir))
         if fault is None:
             raise
         print(f"error: {fault.strerror}", file=sys.stderr)

@@ -109,7 +109,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, loader_s
     try:
         return _save_checkpoint(accelerator, run_dir, step, state, loader_state, keep_last, final, tmp, _fault_hook)
     except Exception as err:
-        fault = faults.write_fault(err, Path(getattr(err, "filename", None) or tmp), run_dir)
+        fault = faults.write_fault(err, Path(getattr(err, "filename", None) or tmp), run_dir,
+                                   latest_checkpoint(run_dir))
         if fault is None:
             raise
         if accelerator.is_main_process:

@@ -1,8 +1,7 @@
 """Faults turned into the documented exit codes instead of tracebacks.
 
-- Divergence found outside the loss / gradient-norm check (the stability probe: non-finite
-  weights or activations make `linalg.svd` and friends raise) is a divergence: DIVERGED is
-  written and `TrainingDiverged` raised (exit 3), whatever else failed on the way.
+- Divergence found outside the loss / gradient-norm check (the stability probe) is a divergence:
+  see `mhc_lm.metrics.non_finite`.
 - A write that fails on a full disk, a read-only filesystem or a permission error is a
   `WriteFault` (exit 2, one line): the path, the reason, and the last complete checkpoint.
   Partial files are removed by the writer that raised it (checkpoint `.tmp` folders, export
@@ -13,12 +12,10 @@
 from __future__ import annotations
 
 import errno
-import math
 import os
 import shutil
 from pathlib import Path
 
-import torch
 
 # errno values that are the user's environment, not a bug
 WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -63,17 +60,13 @@ def _existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
 
 
-def write_fault(err: BaseException, path: Path, run_dir: Path | None = None) -> WriteFault | None:
-    """A WriteFault naming `path`, the reason and the run's last complete checkpoint, or None if
-    `err` is not an environment write error."""
+def write_fault(err: BaseException, path: Path, run_dir: Path | None = None,
+                last: Path | None = None) -> WriteFault | None:
+    """A WriteFault naming `path`, the reason and (for a write of the run in `run_dir`) its last
+    complete checkpoint `last`, or None if `err` is not an environment write error."""
     reason = write_cause(err, path)
     if reason is None:
         return None
-    last = None
-    if run_dir is not None:
-        from mhc_lm.train.checkpoint import latest_checkpoint
-
-        last = latest_checkpoint(run_dir)
     code = next((k for k, v in WRITE_ERRNOS.items() if v == reason), errno.EIO)
     tail = (f"; last complete checkpoint: {last or 'none'}; partial files removed, free space (or fix the "
             "permissions) and rerun the same command to resume") if run_dir is not None else ""
@@ -81,11 +74,11 @@ def write_fault(err: BaseException, path: Path, run_dir: Path | None = None) -> 
     return WriteFault(code, f"{reason}: {what}{tail}")
 
 
-def as_write_fault(err: OSError, run_dir: Path | None = None) -> WriteFault | None:
+def as_write_fault(err: OSError, run_dir: Path | None = None, last: Path | None = None) -> WriteFault | None:
     """`err` itself if it is a WriteFault, else `write_fault` for the file it names (or run_dir)."""
     if isinstance(err, WriteFault):
         return err
-    return write_fault(err, Path(err.filename or run_dir or "."), run_dir)
+    return write_fault(err, Path(err.filename or run_dir or "."), run_dir, last)
 
 
 def remove_partial(path: Path) -> None:
@@ -98,24 +91,3 @@ def remove_partial(path: Path) -> None:
             os.unlink(path)
         except OSError:
             pass
-
-
-def _model_is_finite(model) -> bool:
-    return all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters() if p.numel())
-
-
-def probe_or_diverge(probe, trainer, step: int) -> dict:
-    """`probe(trainer)`; non-finite weights, a probe that fails on non-finite values, or a
-    non-finite probe metric end the run as a divergence (DIVERGED, exit 3)."""
-    try:
-        metrics = probe(trainer)
-    except (RuntimeError, ValueError) as err:  # torch.linalg.LinAlgError is a RuntimeError
-        if "non-finite" in str(err) or not _model_is_finite(trainer.unwrapped_model):
-            trainer._diverged(float("nan"), float("nan"), f"non-finite values in the stability probe at step {step} "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]})", step=step)
-        raise
-    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
-    if bad:
-        trainer._diverged(float("nan"), float("nan"), f"non-finite values in the stability probe at step {step} "
-                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})", step=step)
-    return metrics

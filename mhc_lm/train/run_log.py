@@ -85,9 +85,10 @@ class MetricsWriter:
             self._fh.write(json.dumps(clean) + "\n")
             self._fh.flush()
         except OSError as err:  # a torn last line is dropped by the resume (truncate_after)
+            from mhc_lm.train.checkpoint import latest_checkpoint
             from mhc_lm.train.faults import write_fault
 
-            fault = write_fault(err, self.path, self.path.parent)
+            fault = write_fault(err, self.path, self.path.parent, latest_checkpoint(self.path.parent))
             if fault is None:
                 raise
             fh, self._fh = self._fh, None

@@ -59,14 +59,12 @@ def load_scheduler_state(scheduler, state: dict) -> None:
     scheduler.load_state_dict(saved)
 
 
-def resume_settings(config: dict) -> dict:
-    """The sections of a resolved run config (as a dict) that `checkpoint.resume_setting_diffs`
+def resume_settings(config: dict, sections) -> dict:
+    """`sections` of a resolved run config (as a dict): those `checkpoint.resume_setting_diffs`
     compares, as JSON gives them back (tuples become lists), for trainer_state.json."""
     import json
 
-    from mhc_lm.train.checkpoint import RESUME_FIXED
-
-    return json.loads(json.dumps({k: config.get(k, {}) for k in RESUME_FIXED}, default=str))
+    return json.loads(json.dumps({k: config.get(k, {}) for k in sections}, default=str))
 
 
 def validate_state(ckpt: Path, state: dict, error) -> None:

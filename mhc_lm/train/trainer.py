@@ -141,7 +141,8 @@ class Trainer:
         return path
 
     def _resume_settings(self) -> dict:
-        return state_io.resume_settings(to_dict(resolved(self.config, self.unwrapped_model.config)))
+        return state_io.resume_settings(to_dict(resolved(self.config, self.unwrapped_model.config)),
+                                        ckpt_lib.RESUME_FIXED)
 
     def _check_previous_run(self, resume_path: Path | None, resume_state: dict | None = None) -> None:
         """Refuse to mix two runs in one run_dir, or a run with files that are not a run's (before
@@ -173,7 +174,7 @@ class Trainer:
         if old is None and not old_path.is_file():
             return
         if old is None:
-            old = state_io.resume_settings(to_dict(resolved(load_run_config(old_path))))
+            old = state_io.resume_settings(to_dict(resolved(load_run_config(old_path))), ckpt_lib.RESUME_FIXED)
         new = self._resume_settings()
         diffs = ckpt_lib.resume_setting_diffs(old, new)
         if diffs:
