@@ -49,7 +49,7 @@ def build_data(config, accelerator) -> DataBundle:
         if write_cause(err) is not None:  # a full disk / read-only data cache: reported as a write fault
             raise
         raise ConfigError(f"data: {_one_line(err)}") from err
-    except (ValueError, KeyError, RuntimeError) as err:
+    except (ValueError, KeyError) as err:
         raise ConfigError(f"data: {_one_line(err)}") from err
 
 
@@ -149,6 +149,8 @@ def prepare_on_main(data_config, accelerator, poll_s: float = 2.0, report_every_
             last_report = now
         time.sleep(poll_s)
     if not state.get("ok"):
-        raise RuntimeError(f"data preparation failed on rank 0 ({state.get('error')}); see rank 0's log. "
+        from mhc_lm.config_utils import ConfigError  # rank 0 raised the error itself (one line there)
+
+        raise ConfigError(f"data preparation failed on rank 0 ({state.get('error')}); see rank 0's log. "
                            "Fix the data settings, or prepare first with `python launch/prepare_data.py --config ...`")
     return Path(prepare_data(data_config))
