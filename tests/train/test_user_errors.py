@@ -81,7 +81,7 @@ def test_damaged_data_and_a_corpus_shorter_than_one_window(tmp_path, capsys, doc
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     rc = pretrain.main(["--config", str(cfg), "run_dir=" + str(tmp_path / "run2")])
-    _log(one_line_error(capsys, rc, "data:", shard.name))
+    one_line_error(capsys, rc, "data:", shard.name)
     shard.write_bytes(data)
     # a corpus shorter than one window (tokenized with the tokenizer prepared above)
     (tmp_path / "short").mkdir()
@@ -89,18 +89,18 @@ def test_damaged_data_and_a_corpus_shorter_than_one_window(tmp_path, capsys, doc
     short = config_file(tmp_path / "short", [str(tmp_path / "short" / "tiny.txt")], seq_len=64,
                         tokenizer=prepared / "tokenizer")
     rc = pretrain.main(["--config", str(short)])
-    _log(one_line_error(capsys, rc, "data:"))
+    one_line_error(capsys, rc, "data:", "fewer than one global batch")
     # a garbage tokenizer
     for f in (prepared / "tokenizer").iterdir():
         if f.is_file():
             f.write_bytes(b"\x00garbage\xff" * 10)
     rc = pretrain.main(["--config", str(cfg), "run_dir=" + str(tmp_path / "run3")])
-    _log(one_line_error(capsys, rc, "data:"))
+    one_line_error(capsys, rc, "data:", "is not the tokenizer the shards")
     # a garbage tokenizer given as data.tokenizer
     (tmp_path / "g").mkdir()
     garbage = config_file(tmp_path / "g", [str(docs_dir / "*.txt")], tokenizer=prepared / "tokenizer")
     rc = pretrain.main(["--config", str(garbage)])
-    _log(one_line_error(capsys, rc, "data:"))
+    one_line_error(capsys, rc, "data:", "could not be loaded as a Hugging Face tokenizer")
 
 
 @pytest.mark.parametrize("override,words", [
@@ -117,14 +117,6 @@ def test_an_empty_config_file_is_refused(tmp_path, capsys):
     rc = pretrain.main(["--config", str(empty), f"run_dir={tmp_path / 'run'}"])
     one_line_error(capsys, rc, "empty")
     assert not (tmp_path / "run").exists()
-
-
-def _log(line):  # MSG_LOG=file: the messages, to read them
-    import os
-
-    if os.environ.get("MSG_LOG"):
-        with open(os.environ["MSG_LOG"], "a") as fh:
-            fh.write(line + "\n")
 
 
 def test_a_corrupt_data_meta_json_says_corrupt(tmp_path):
