@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from mhc_lm.config_utils import ConfigError
-from mhc_lm.convert import init_from
-from mhc_lm.convert.source import load_safetensors
-from mhc_lm.train import Trainer
+from mhc_lm.train import Trainer, init_from
+from mhc_lm.train.model_folder import load_safetensors
 from mhc_lm.train.run_log import read_metrics
 from tests.convert.helpers import convert, llama_folder
 from tests.train.helpers import DieAt, Killed, one_thread, tiny_config, toy_data
