@@ -109,6 +109,22 @@ def test_architecture_mismatch_names_the_field(upcycled, tmp_path):
     assert init_from.model_config(cfg).max_position_embeddings == 32
 
 
+def test_a_run_directory_starts_a_run_from_its_latest_checkpoint(upcycled, tmp_path):
+    """train.init_from=RUN_DIR: the architecture comes from the run's config.yaml (read while the run
+    config is built) and the weights from its latest checkpoint."""
+    first = config(tmp_path / "first", upcycled, train={"max_steps": 2})
+    Trainer(first, data=toy_data(first)).fit()
+    with pytest.raises(ConfigError, match=r"model\.n_streams=4 .* 2"):
+        config(tmp_path / "run", tmp_path / "first", model={"n_streams": 4})
+    cfg = config(tmp_path / "run", tmp_path / "first")
+    assert init_from.model_config(cfg).to_dict() == init_from.model_config(first).to_dict()
+    trainer = Trainer(cfg, data=toy_data(cfg))
+    weights = load_safetensors(tmp_path / "first" / "checkpoints" / "step_0000002")
+    state = trainer.unwrapped_model.state_dict()
+    assert weights and all(torch.equal(state[k], w.to(state[k].dtype)) for k, w in weights.items())
+    assert trainer.init_from["kind"] == "run" and trainer.init_from["weights_sha256"] == init_from.weights_sha256(weights)
+
+
 def test_pretrain_cli_exit_2_on_a_mismatch(upcycled, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("pretrain_cli", REPO / "launch" / "pretrain.py")
     cli = importlib.util.module_from_spec(spec)
