@@ -1,7 +1,8 @@
 """`train.init_from=PATH`: start a run from the weights of a model folder (continued pretraining).
 
-PATH is an mhc-lm folder (an export, a `launch/convert.py` output), a Llama folder, or a Hub name
-of either. What it changes in a run:
+PATH is an mhc-lm folder (an export, a `launch/convert.py` output), a Llama folder, a Hub name of
+either, or a run directory (its latest checkpoint; mhc_lm/train/model_source.py). What it changes in
+a run:
   - model: fields the run config leaves unset come from PATH's config; a field the run config
     sets must agree with PATH where it shapes the weights or the function (`ARCHITECTURE_FIELDS`),
     otherwise the run stops before it starts (exit 2, the field named). Settings that do not change
