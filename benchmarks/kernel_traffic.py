@@ -110,20 +110,40 @@ def summarise(launch_rec) -> dict:
     for name, a in launch_rec.args.items():
         share = a.nbytes // s if name in PARTIALS else a.nbytes
         args[name] = dict(loaded=a.loaded, stored=a.stored, unique=a.unique_loaded + a.unique_stored,
-                          minimum=share * ((a.loaded > 0) + (a.stored > 0)), nbytes=a.nbytes)
+                          minimum=share * ((a.loaded > 0) + (a.stored > 0)), nbytes=a.nbytes, share=share)
     tot = {k: sum(v[k] for v in args.values()) for k in ("loaded", "stored", "unique", "minimum")}
     return dict(kernel=launch_rec.kernel.lstrip("_").removesuffix("_kernel"), grid=list(launch_rec.grid), args=args,
                 moved=tot["loaded"] + tot["stored"], unique=tot["unique"], minimum=tot["minimum"])
 
 
-def count(T: int, C: int, n: int, dt, ft, iters: int, policy: dict) -> list[dict]:
+def count(T: int, C: int, n: int, dt, ft, iters: int, policy: dict, ops=None) -> list[dict]:
+    """Counted bytes of every launch of the ops (all by default) at T tokens under `policy`."""
     force_policy(policy, interpreter=True)
     rows = []
     for op, direction, call in op_calls(T, C, n, dt, ft, iters, torch.device("cpu")):
+        if ops is not None and op not in ops:
+            continue
         with traffic_counter.counting() as launches:
             call()
         rows += [dict(op=op, dir=direction, **summarise(rec)) for rec in launches]
+        if len(launches) > 1:
+            rows.append(op_total(op, direction, launches, rows[-len(launches):]))
     return rows
+
+
+def op_total(op: str, direction: str, launches, rows: list[dict]) -> dict:
+    """One op made of several launches (the coefficient backward: dx, then dphi): its moved bytes
+    against the op's own minimum, where a tensor read by two kernels counts once."""
+    seen = {}  # (address, size) -> [loaded, stored, share]
+    for rec, row in zip(launches, rows):
+        for name, a in rec.args.items():
+            entry = seen.setdefault((a.ptr, a.nbytes), [False, False, row["args"][name]["share"]])
+            entry[0] |= a.loaded > 0
+            entry[1] |= a.stored > 0
+    minimum = sum(share * (ld + st) for ld, st, share in seen.values())
+    kernels = " + ".join(r["kernel"] for r in rows)
+    return dict(op=op, dir=direction, kernel=f"({kernels})", total=True, args={},
+                moved=sum(r["moved"] for r in rows), unique=sum(r["unique"] for r in rows), minimum=minimum)
 
 
 def extrapolate(a: list[dict], b: list[dict], Ta: int, Tb: int, T: int) -> list[dict]:
@@ -133,6 +153,7 @@ def extrapolate(a: list[dict], b: list[dict], Ta: int, Tb: int, T: int) -> list[
     for ra, rb in zip(a, b):
         assert (ra["op"], ra["kernel"]) == (rb["op"], rb["kernel"])
         row = {k: ra[k] for k in ("op", "dir", "kernel")}
+        row["total"] = ra.get("total", False)
         row.update({k: lin(ra[k], rb[k]) for k in ("moved", "unique", "minimum")})
         row["args"] = {name: {k: lin(v[k], rb["args"][name][k]) for k in v} for name, v in ra["args"].items()}
         out.append(row)
@@ -141,6 +162,8 @@ def extrapolate(a: list[dict], b: list[dict], Ta: int, Tb: int, T: int) -> list[
 
 def blocks_label(row: dict, policy: dict) -> str:
     k = row["kernel"]
+    if row.get("total"):
+        return "whole op"
     if k.startswith("coef"):
         b = policy["coef"].dphi if "dphi" in k else policy["coef"].main
         return f"{b.BT} x {b.BC} s{b.splits}" if "dphi" in k else f"{b.BT} x {b.BC}"
@@ -187,7 +210,7 @@ def measure(path: str, reps: int) -> int:
         force_policy(cuda_policy(data["full_tokens"], data["hidden"], data["n"], dt), interpreter=False)
         calls = op_calls(data["full_tokens"], data["hidden"], data["n"], dt, ft, data["iters"], torch.device("cuda"))
         for op, direction, call in calls:
-            rs = [r for r in case["rows"] if (r["op"], r["dir"]) == (op, direction)]
+            rs = [r for r in case["rows"] if (r["op"], r["dir"]) == (op, direction) and not r.get("total")]
             moved, minimum = sum(r["moved"] for r in rs), sum(r["minimum"] for r in rs)
             ms = do_bench(call, warmup=25, rep=max(50, reps), return_mode="median")
             us_proj = moved / (gbs * 1e3)

@@ -36,7 +36,8 @@ from triton.runtime import interpreter as _interp  # noqa: E402
 
 @dataclasses.dataclass
 class ArgTraffic:
-    nbytes: int  # size of the tensor argument
+    ptr: int  # address of the tensor argument's first element
+    nbytes: int  # its size
     itemsize: int
     loaded: int = 0
     stored: int = 0
@@ -74,7 +75,7 @@ class _Recorder:
             if isinstance(value, torch.Tensor):
                 start = value.data_ptr()
                 nbytes = value.numel() * value.element_size()
-                traffic[name] = ArgTraffic(nbytes=nbytes, itemsize=value.element_size())
+                traffic[name] = ArgTraffic(ptr=start, nbytes=nbytes, itemsize=value.element_size())
                 ranges.append((start, start + nbytes, name))
         self.launches.append(Launch(getattr(fn, "__name__", str(fn)), grid, traffic))
         self.ranges = sorted(ranges)

@@ -61,6 +61,8 @@ def project_step(rows: list[dict], run: dict, model: dict, C: int, n: int, T: in
     how, mult = forward_multipliers(run, model, n)
     items = []
     for r in rows:
+        if r.get("total"):
+            continue
         k = mult[r["op"]] if r["dir"] == "fwd" else 1.0
         items.append((f"{r['op']} {r['dir']} ({r['kernel']})", k, r["moved"], r["minimum"]))
     dphi = next((r["args"]["PART"] for r in rows if "dphi" in r["kernel"]), {"stored": 0, "minimum": 0})

@@ -1,0 +1,81 @@
+"""benchmarks/kernel_traffic.py: the interpreter byte counter is exact on a copy kernel, the counts
+extrapolate exactly along tokens, and the benchmark prints its tables. Each check runs in a
+subprocess: the counter turns the Triton interpreter on before triton is imported."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+pytest.importorskip("yaml")
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+
+def _python(code: str, timeout: int = 300) -> str:
+    env = {**os.environ, "PYTHONPATH": f"{BENCH}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_counter_is_exact_on_a_copy_kernel():
+    out = _python(
+        "import json, torch, traffic_counter as tc\n"
+        "rows = []\n"
+        "for dt, reads in ((torch.float32, 1), (torch.bfloat16, 3)):\n"
+        "    l = tc.copy_traffic(1000, dt, reads, block=256)\n"
+        "    rows.append({k: [a.loaded, a.stored, a.unique_loaded, a.unique_stored] for k, a in l.args.items()})\n"
+        "print(json.dumps(rows))\n"
+    )
+    fp32, bf16 = json.loads(out.splitlines()[-1])
+    # 1000 elements in 4 programs of 256, the last one 3/4 masked: only masked-in lanes count
+    assert fp32 == {"X": [4000, 0, 4000, 0], "Y": [0, 4000, 0, 4000]}
+    # read three times: moved 3x, unique once; bf16 is 2 bytes per element
+    assert bf16 == {"X": [6000, 0, 2000, 0], "Y": [0, 2000, 0, 2000]}
+
+
+def test_counts_are_affine_in_tokens():
+    """What the benchmark extrapolates from 64 and 128 tokens equals a direct count at 192, for
+    the kernels whose traffic has a token-independent part (phi re-reads, split partials)."""
+    out = _python(
+        "import json, torch, kernel_traffic as kt\n"
+        "p = kt.cuda_policy(192, 64, 2, torch.float32)\n"
+        "ops = ('coefficients', 'sinkhorn')\n"
+        "a, b, c = (kt.count(T, 64, 2, torch.float32, torch.float32, 2, p, ops) for T in (64, 128, 192))\n"
+        "e = kt.extrapolate(a, b, 64, 128, 192)\n"
+        "print(json.dumps([[r[k] for k in ('kernel', 'moved', 'unique', 'minimum')] for r in e]))\n"
+        "print(json.dumps([[r[k] for k in ('kernel', 'moved', 'unique', 'minimum')] for r in c]))\n"
+    )
+    extrapolated, direct = (json.loads(line) for line in out.splitlines()[-2:])
+    assert extrapolated == direct
+    kernels = [r[0] for r in direct]
+    assert kernels == ["coef_fwd", "coef_dx", "coef_dphi", "(coef_dx + coef_dphi)", "sinkhorn_fwd", "sinkhorn_bwd"]
+
+
+def test_benchmark_prints_every_kernel_and_the_projection(tmp_path):
+    out = _python(
+        "import sys, kernel_traffic as kt\n"
+        f"sys.exit(kt.main(['--hidden', '64', '--n', '2', '--iters', '2', '--full-tokens', '1024', '--json', r'{tmp_path / 't.json'}']))\n",
+        timeout=600,
+    )
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+    kernels = {r[2].strip(): r for r in rows if len(r) == 11 and r[0].strip() != "op"}
+    assert set(kernels) == {"pre_mix_fwd", "pre_mix_bwd", "post_res_fwd", "post_res_bwd", "coef_fwd", "coef_dx",
+                            "coef_dphi", "(coef_dx + coef_dphi)", "sinkhorn_fwd", "sinkhorn_bwd"}
+    for name, r in kernels.items():
+        moved, unique, minimum = (float(r[i]) for i in (4, 5, 6))
+        assert moved >= unique > 0 and minimum > 0, name
+    for name in ("pre_mix_fwd", "post_res_fwd", "sinkhorn_fwd", "sinkhorn_bwd"):  # one read, one write: at minimum
+        assert kernels[name][7].strip() == "1.00", name
+    # the whole coefficient backward: x is read by both kernels, so the op moves more than its minimum
+    op = kernels["(coef_dx + coef_dphi)"]
+    assert float(op[4]) == pytest.approx(float(kernels["coef_dx"][4]) + float(kernels["coef_dphi"][4]), abs=0.2)
+    assert float(op[6]) < float(kernels["coef_dx"][6]) + float(kernels["coef_dphi"][6])
+    assert "mHC minus standard" in out and "+6.7%" in out
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["full_tokens"] == 1024 and len(data["cases"][0]["rows"]) == 10
