@@ -42,7 +42,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from mhc_lm.kernels import coefficients, launch, sinkhorn, stream_mix  # noqa: E402
-from traffic_model import project_step, print_projection  # noqa: E402
+from traffic_model import print_projection, project_step, recompute_setting  # noqa: E402
 
 DTYPES = {  # name: (stream dtype x and its gradients, sub-layer output dtype f and df)
     "fp32+bf16": (torch.float32, torch.bfloat16),  # training under bf16 autocast: fp32 streams
@@ -134,16 +134,20 @@ def count(T: int, C: int, n: int, dt, ft, iters: int, policy: dict, ops=None) ->
 def op_total(op: str, direction: str, launches, rows: list[dict]) -> dict:
     """One op made of several launches (the coefficient backward: dx, then dphi): its moved bytes
     against the op's own minimum, where a tensor read by two kernels counts once."""
-    seen = {}  # (address, size) -> [loaded, stored, share]
+    seen = {}  # (address, size) -> [loaded, stored, share, elements loaded, elements stored]
     for rec, row in zip(launches, rows):
         for name, a in rec.args.items():
-            entry = seen.setdefault((a.ptr, a.nbytes), [False, False, row["args"][name]["share"]])
+            entry = seen.setdefault((a.ptr, a.nbytes), [False, False, row["args"][name]["share"], None, None, a.itemsize])
             entry[0] |= a.loaded > 0
             entry[1] |= a.stored > 0
-    minimum = sum(share * (ld + st) for ld, st, share in seen.values())
+            for i, bits in ((3, a.load_seen), (4, a.store_seen)):
+                if bits is not None:
+                    entry[i] = bits if entry[i] is None else entry[i] | bits
+    minimum = sum(e[2] * (e[0] + e[1]) for e in seen.values())
+    unique = sum(int(bits.sum()) * e[5] for e in seen.values() for bits in e[3:5] if bits is not None)
     kernels = " + ".join(r["kernel"] for r in rows)
     return dict(op=op, dir=direction, kernel=f"({kernels})", total=True, args={},
-                moved=sum(r["moved"] for r in rows), unique=sum(r["unique"] for r in rows), minimum=minimum)
+                moved=sum(r["moved"] for r in rows), unique=unique, minimum=minimum)
 
 
 def extrapolate(a: list[dict], b: list[dict], Ta: int, Tb: int, T: int) -> list[dict]:
@@ -230,6 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=64, help="counted at this many tokens and twice as many (multiple of 64)")
     ap.add_argument("--dtypes", nargs="+", default=["fp32+bf16"], choices=sorted(DTYPES))
     ap.add_argument("--gbs", type=float, default=H100_GBS, help="HBM bandwidth for the times (GB/s)")
+    ap.add_argument("--recompute", default=None, choices=["layer", "none", "sublayer", "block"],
+                    help="projection's recompute (default: the run config's; layer = train.activation_checkpointing)")
     ap.add_argument("--json", default=None, help="write the counts here (input of --measure)")
     ap.add_argument("--measure", default=None, metavar="JSON", help="CUDA: time the ops, print GB/s beside JSON's counts")
     ap.add_argument("--reps", type=int, default=100, help="--measure: do_bench milliseconds per op")
@@ -258,7 +264,10 @@ def main(argv=None) -> int:
         rows = extrapolate(a, b, args.tokens, 2 * args.tokens, T)
         print_tables(rows, policy, f"C = {C}, n = {n}, {iters} Sinkhorn iterations, {name}", T, args.gbs)
         cases.append(dict(dtypes=name, rows=rows))
-    print_projection(project_step(cases[0]["rows"], run, model, C, n, T, DTYPES[args.dtypes[0]]), args.gbs)
+    setting = args.recompute or recompute_setting(run, model)
+    for case in cases:
+        p = project_step(case["rows"], run, model, C, n, T, DTYPES[case["dtypes"]], setting)
+        print_projection(p, args.gbs, f"dtypes {case['dtypes']}")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(hidden=C, n=n, iters=iters, full_tokens=T, gbs=args.gbs, cases=cases)))
     return 0

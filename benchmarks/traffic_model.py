@@ -30,11 +30,16 @@ import math
 H100_TFLOPS = 989.0
 
 
-def forward_multipliers(run: dict, model: dict, n: int) -> tuple[str, dict]:
-    if run.get("train", {}).get("activation_checkpointing"):
+def recompute_setting(run: dict, model: dict) -> str:
+    """"layer" when the trainer checkpoints every decoder layer, else model.mixing_recompute."""
+    return "layer" if run.get("train", {}).get("activation_checkpointing") else model.get("mixing_recompute", "none")
+
+
+def forward_multipliers(setting: str, model: dict, n: int) -> tuple[str, dict]:
+    if setting == "layer":
         return "train.activation_checkpointing (every layer re-runs its forward)", dict.fromkeys(
             ("coefficients", "sinkhorn", "pre_mix", "post_res"), 2.0)
-    mode = model.get("mixing_recompute", "none")
+    mode = setting
     mult = dict.fromkeys(("coefficients", "sinkhorn", "pre_mix", "post_res"), 1.0)
     if mode in ("sublayer", "block"):
         mult.update(coefficients=2.0, sinkhorn=2.0, pre_mix=2.0)
@@ -54,11 +59,11 @@ def standard_flops_per_token(model: dict, seq: int, recompute_layers: bool) -> f
     return fwd * (4 if recompute_layers else 3)
 
 
-def project_step(rows: list[dict], run: dict, model: dict, C: int, n: int, T: int, dtypes) -> dict:
+def project_step(rows: list[dict], run: dict, model: dict, C: int, n: int, T: int, dtypes, setting: str) -> dict:
     dt, ft = dtypes
     e, ef = dt.itemsize, ft.itemsize
     M = 2 * n + n * n
-    how, mult = forward_multipliers(run, model, n)
+    how, mult = forward_multipliers(setting, model, n)
     items = []
     for r in rows:
         if r.get("total"):
@@ -76,13 +81,13 @@ def project_step(rows: list[dict], run: dict, model: dict, C: int, n: int, T: in
            ("standard: sum of x's 2 gradients (1 add)", 1.0, 3 * C * 4 * T, 0)]
     L = model["num_hidden_layers"]
     seq = run.get("data", {}).get("seq_len", 4096)
-    flops = standard_flops_per_token(model, seq, bool(run.get("train", {}).get("activation_checkpointing"))) * T
+    flops = standard_flops_per_token(model, seq, setting == "layer") * T
     return dict(how=how, items=items, standard=std, sublayers=2 * L, T=T, flops=flops, C=C, n=n, e=e, ef=ef)
 
 
-def print_projection(p: dict, gbs: float) -> None:
+def print_projection(p: dict, gbs: float, label: str) -> None:
     GB = 1e9
-    print(f"\n### Projected mixing cost per micro-batch: {p['sublayers']} sub-layers x {p['T']} tokens, {p['how']}\n")
+    print(f"\n### Projected mixing cost per micro-batch ({label}): {p['sublayers']} sub-layers x {p['T']} tokens, {p['how']}\n")
     print("| item | runs per sub-layer | MB per run | GB per micro-batch |")
     print("|---|---:|---:|---:|")
     total = 0.0
