@@ -45,9 +45,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     warm_cache = Path(args.cache_dir).exists() and any(Path(args.cache_dir).iterdir())
 
+    import importlib
+
     import torch
 
-    import mhc_lm.model.sinkhorn as sk
+    sk = importlib.import_module("mhc_lm.model.sinkhorn")  # the module (mhc_lm.model exports a function of that name)
     from mhc_lm.model import MhcLmForCausalLM
     from mhc_lm.train.config import build_model_config, load_run_config
     from mhc_lm.train.optim import build_optimizer

@@ -9,6 +9,8 @@ and extrapolated to `--full-tokens`. Per kernel and direction it prints
 
     moved   bytes requested by the kernel's loads and stores (every re-read counted);
     unique  distinct bytes touched: what HBM sees if every re-read hits in L2;
+    HBM est. re-reads of tensors that fit in L2 (`--l2-mib`, H100: 50) counted once, of larger
+            ones in full (the coefficient backward's two kernels each read the whole stream);
     minimum each input read once and each output written once (a split reduction's output
             once, not once per split);
     t       moved / bandwidth and minimum / bandwidth at H100 HBM (3.35 TB/s by default).
@@ -132,22 +134,33 @@ def count(T: int, C: int, n: int, dt, ft, iters: int, policy: dict, ops=None) ->
 
 
 def op_total(op: str, direction: str, launches, rows: list[dict]) -> dict:
-    """One op made of several launches (the coefficient backward: dx, then dphi): its moved bytes
-    against the op's own minimum, where a tensor read by two kernels counts once."""
-    seen = {}  # (address, size) -> [loaded, stored, share, elements loaded, elements stored]
+    """One op made of several launches (the coefficient backward: dx, then dphi): per distinct
+    tensor, the bytes moved by all launches and the union of the elements touched, so a tensor read
+    by two kernels counts once in `unique` and in the minimum."""
+    seen = {}  # (address, size) -> argument record of the op
     for rec, row in zip(launches, rows):
         for name, a in rec.args.items():
-            entry = seen.setdefault((a.ptr, a.nbytes), [False, False, row["args"][name]["share"], None, None, a.itemsize])
-            entry[0] |= a.loaded > 0
-            entry[1] |= a.stored > 0
-            for i, bits in ((3, a.load_seen), (4, a.store_seen)):
+            e = seen.setdefault((a.ptr, a.nbytes), dict(name=name, loaded=0, stored=0, nbytes=a.nbytes,
+                                                         share=row["args"][name]["share"], bits=[None, None], size=a.itemsize))
+            e["loaded"] += a.loaded
+            e["stored"] += a.stored
+            for i, bits in enumerate((a.load_seen, a.store_seen)):
                 if bits is not None:
-                    entry[i] = bits if entry[i] is None else entry[i] | bits
-    minimum = sum(e[2] * (e[0] + e[1]) for e in seen.values())
-    unique = sum(int(bits.sum()) * e[5] for e in seen.values() for bits in e[3:5] if bits is not None)
+                    e["bits"][i] = bits if e["bits"][i] is None else e["bits"][i] | bits
+    args = {}
+    for e in seen.values():
+        unique = sum(int(b.sum()) * e["size"] for b in e["bits"] if b is not None)
+        args[e["name"]] = dict(loaded=e["loaded"], stored=e["stored"], unique=unique, nbytes=e["nbytes"], share=e["share"],
+                               minimum=e["share"] * ((e["loaded"] > 0) + (e["stored"] > 0)))
     kernels = " + ".join(r["kernel"] for r in rows)
-    return dict(op=op, dir=direction, kernel=f"({kernels})", total=True, args={},
-                moved=sum(r["moved"] for r in rows), unique=unique, minimum=minimum)
+    return dict(op=op, dir=direction, kernel=f"({kernels})", total=True, args=args,
+                moved=sum(r["moved"] for r in rows), unique=sum(a["unique"] for a in args.values()),
+                minimum=sum(a["minimum"] for a in args.values()))
+
+
+def hbm_estimate(row: dict, l2_bytes: float) -> int:
+    """HBM bytes if re-reads of a tensor that fits in L2 hit there and re-reads of a larger one do not."""
+    return sum(a["unique"] if a["nbytes"] <= l2_bytes else a["loaded"] + a["stored"] for a in row["args"].values())
 
 
 def extrapolate(a: list[dict], b: list[dict], Ta: int, Tb: int, T: int) -> list[dict]:
@@ -177,15 +190,19 @@ def blocks_label(row: dict, policy: dict) -> str:
     return f"{b.BT} x {b.BC} s{b.splits}"
 
 
-def print_tables(rows: list[dict], policy: dict, label: str, T: int, gbs: float) -> None:
+def print_tables(rows: list[dict], policy: dict, label: str, T: int, gbs: float, l2_bytes: float) -> None:
     MB, us = 1e6, lambda b: b / (gbs * 1e3)  # noqa: E731  (bytes / (GB/s) in microseconds)
-    print(f"\n### {label}: T = {T} tokens (counted at fewer, extrapolated), {gbs:.0f} GB/s\n")
-    print("| op | dir | kernel | blocks | moved MB | unique MB | minimum MB | moved / min | unique / min | t moved us | t min us |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n### {label}: T = {T} tokens (counted at fewer, extrapolated), {gbs:.0f} GB/s, "
+          f"L2 {l2_bytes / 2**20:.0f} MiB\n")
+    print("| op | dir | kernel | blocks | moved MB | unique MB | minimum MB | moved / min | unique / min | HBM est. / min "
+          "| t moved us | t HBM est. us | t min us |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        hbm = r["hbm"]
         print(f"| {r['op']} | {r['dir']} | {r['kernel']} | {blocks_label(r, policy)} | {r['moved'] / MB:.1f} | "
               f"{r['unique'] / MB:.1f} | {r['minimum'] / MB:.1f} | {r['moved'] / r['minimum']:.2f} | "
-              f"{r['unique'] / r['minimum']:.2f} | {us(r['moved']):.0f} | {us(r['minimum']):.0f} |")
+              f"{r['unique'] / r['minimum']:.2f} | {hbm / r['minimum']:.2f} | {us(r['moved']):.0f} | {us(hbm):.0f} | "
+              f"{us(r['minimum']):.0f} |")
     print("\nArguments moved more than once (moved / own bytes > 1.01, or per-split partials):\n")
     print("| kernel | argument | own MB | moved MB | times | unique MB |")
     print("|---|---|---:|---:|---:|---:|")
@@ -236,6 +253,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gbs", type=float, default=H100_GBS, help="HBM bandwidth for the times (GB/s)")
     ap.add_argument("--recompute", default=None, choices=["layer", "none", "sublayer", "block"],
                     help="projection's recompute (default: the run config's; layer = train.activation_checkpointing)")
+    ap.add_argument("--l2-mib", type=float, default=50.0, help="L2 size for the HBM estimate (H100: 50 MiB)")
     ap.add_argument("--json", default=None, help="write the counts here (input of --measure)")
     ap.add_argument("--measure", default=None, metavar="JSON", help="CUDA: time the ops, print GB/s beside JSON's counts")
     ap.add_argument("--reps", type=int, default=100, help="--measure: do_bench milliseconds per op")
@@ -262,7 +280,9 @@ def main(argv=None) -> int:
         a = count(args.tokens, C, n, dt, ft, iters, policy)
         b = count(2 * args.tokens, C, n, dt, ft, iters, policy)
         rows = extrapolate(a, b, args.tokens, 2 * args.tokens, T)
-        print_tables(rows, policy, f"C = {C}, n = {n}, {iters} Sinkhorn iterations, {name}", T, args.gbs)
+        for r in rows:
+            r["hbm"] = hbm_estimate(r, args.l2_mib * 2**20)
+        print_tables(rows, policy, f"C = {C}, n = {n}, {iters} Sinkhorn iterations, {name}", T, args.gbs, args.l2_mib * 2**20)
         cases.append(dict(dtypes=name, rows=rows))
     setting = args.recompute or recompute_setting(run, model)
     for case in cases:
