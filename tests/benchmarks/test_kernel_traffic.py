@@ -60,10 +60,10 @@ def test_counts_are_affine_in_tokens():
 def test_benchmark_prints_every_kernel_and_the_projection(tmp_path):
     out = _python(
         "import sys, kernel_traffic as kt\n"
-        f"sys.exit(kt.main(['--hidden', '64', '--n', '2', '--iters', '2', '--full-tokens', '1024', '--json', r'{tmp_path / 't.json'}']))\n",
+        f"sys.exit(kt.main(['--hidden', '64', '--n', '2', '--iters', '2', '--full-tokens', '1024', '--l2-mib', '0.1', '--json', r'{tmp_path / 't.json'}']))\n",
         timeout=600,
     )
-    printed = {r.split("|")[3].strip() for r in out.splitlines() if r.startswith("| ") and r.count("|") == 12}
+    printed = {r.split("|")[3].strip() for r in out.splitlines() if r.startswith("| ") and r.count("|") == 14}
     rows = {r["kernel"]: r for r in json.loads((tmp_path / "t.json").read_text())["cases"][0]["rows"]}
     kernels = {"pre_mix_fwd", "pre_mix_bwd", "post_res_fwd", "post_res_bwd", "coef_fwd", "coef_dx", "coef_dphi",
                "(coef_dx + coef_dphi)", "sinkhorn_fwd", "sinkhorn_bwd"}
@@ -77,4 +77,6 @@ def test_benchmark_prints_every_kernel_and_the_projection(tmp_path):
     op, dx, dphi = rows["(coef_dx + coef_dphi)"], rows["coef_dx"], rows["coef_dphi"]
     assert op["moved"] == dx["moved"] + dphi["moved"]
     assert op["minimum"] < dx["minimum"] + dphi["minimum"] and op["unique"] < dx["unique"] + dphi["unique"]
+    # x (1024 x 2 x 64 fp32 = 0.5 MiB) does not fit the 0.1 MiB "L2": its second read counts for HBM
+    assert op["hbm"] == op["unique"] + op["args"]["X"]["loaded"] - op["args"]["X"]["unique"] > op["unique"]
     assert "mHC minus standard" in out and "+6.7%" in out
