@@ -80,3 +80,11 @@ def test_benchmark_prints_every_kernel_and_the_projection(tmp_path):
     # x (1024 x 2 x 64 fp32 = 0.5 MiB) does not fit the 0.1 MiB "L2": its second read counts for HBM
     assert op["hbm"] == op["unique"] + op["args"]["X"]["loaded"] - op["args"]["X"]["unique"] > op["unique"]
     assert "mHC minus standard" in out and "+6.7%" in out
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA message")
+def test_measure_without_cuda_is_one_line_and_status_2(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(BENCH / "kernel_traffic.py"), "--measure", str(tmp_path / "t.json")],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == ["kernel_traffic: --measure needs a CUDA device"]
