@@ -258,6 +258,7 @@ def main(argv=None) -> int:
                     help="projection's recompute (default: the run config's; layer = train.activation_checkpointing)")
     ap.add_argument("--l2-mib", type=float, default=50.0, help="L2 size for the HBM estimate (H100: 50 MiB)")
     ap.add_argument("--json", default=None, help="write the counts here (input of --measure)")
+    ap.add_argument("--counts", default=None, metavar="JSON", help="print the tables and projection of counts written earlier")
     ap.add_argument("--measure", default=None, metavar="JSON", help="CUDA: time the ops, print GB/s beside JSON's counts")
     ap.add_argument("--reps", type=int, default=100, help="--measure: do_bench milliseconds per op")
     args = ap.parse_args(argv)
@@ -277,7 +278,17 @@ def main(argv=None) -> int:
     assert check.total("loaded") == check.total("stored") == 4000, "counter check failed"
     print(f"counter check: a copy of 1000 fp32 moves {check.total('loaded')} B in, {check.total('stored')} B out")
     cases = []
-    for name in args.dtypes:
+    if args.counts:  # shape and counts of an earlier run
+        saved = json.loads(Path(args.counts).read_text())
+        C, n, iters, T, cases = saved["hidden"], saved["n"], saved["iters"], saved["full_tokens"], saved["cases"]
+        model.update(hidden_size=C, n_streams=n)
+    for case in cases:
+        dt = DTYPES[case["dtypes"]][0]
+        for r in case["rows"]:
+            r["hbm"] = hbm_estimate(r, args.l2_mib * 2**20)
+        print_tables(case["rows"], cuda_policy(T, C, n, dt), f"C = {C}, n = {n}, {iters} Sinkhorn iterations, "
+                     f"{case['dtypes']} (from {args.counts})", T, args.gbs, args.l2_mib * 2**20)
+    for name in [] if args.counts else args.dtypes:
         dt, ft = DTYPES[name]
         policy = cuda_policy(T, C, n, dt)
         a = count(args.tokens, C, n, dt, ft, iters, policy)

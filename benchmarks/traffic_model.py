@@ -13,8 +13,8 @@ Added to the kernels' counted bytes, the torch ops around them (analytic, per to
     autograd's sum of the stream's three gradients (coefficients, pre-mix, post + residual):
     two adds of n C elements, each reading two and writing one; the coefficient backward's
     (N, 2n + n^2) fp32 glue (~12 passes over M floats) and the dphi split partials' sum.
-Subtracted, what standard moves in the same place: its residual add x + F (fp32 x, F in its
-dtype; forward count as above) and the sum of x's two gradients (one add of C fp32).
+Subtracted, what standard moves in the same place: its residual add x + F (x in the streams'
+dtype, F in its own; forward count as above) and the sum of x's two gradients (one add of C).
 
 Time = bytes / bandwidth (the mixing ops are memory-bound), at the peak and at 75% of it.
 Standard's step is estimated from its FLOPs: matmuls 2 x (weights) per token, causal attention
@@ -78,8 +78,8 @@ def project_step(rows: list[dict], run: dict, model: dict, C: int, n: int, T: in
          dphi["stored"] + dphi["minimum"]),
     ]
     fwd_k = mult["post_res"]
-    std = [("standard: residual add x + F", fwd_k, (4 + ef + 4) * C * T),
-           ("standard: sum of x's 2 gradients (1 add)", 1.0, 3 * C * 4 * T)]
+    std = [("standard: residual add x + F", fwd_k, (e + ef + e) * C * T),  # its stream in the streams' dtype
+           ("standard: sum of x's 2 gradients (1 add)", 1.0, 3 * C * e * T)]
     std = [(name, k, b, b) for name, k, b in std]
     L = model["num_hidden_layers"]
     seq = run.get("data", {}).get("seq_len", 4096)
