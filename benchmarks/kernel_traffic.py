@@ -219,6 +219,10 @@ def measure(path: str, reps: int) -> int:
     if not torch.cuda.is_available():
         print("kernel_traffic: --measure needs a CUDA device", file=sys.stderr)
         return 2
+    if launch.INTERPRETED:  # main(["--measure", ...]) from a process that imported the counter
+        print("kernel_traffic: --measure must run as its own command (the kernels were built for the interpreter)",
+              file=sys.stderr)
+        return 2
     if not Path(path).is_file():
         print(f"kernel_traffic: no counts at {path} (write them first: kernel_traffic.py --json {path})", file=sys.stderr)
         return 2
