@@ -30,6 +30,7 @@ prints measured microseconds and GB/s next to the counted bytes of the JSON writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -261,6 +262,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recompute", default=None, choices=["layer", "none", "sublayer", "block"],
                     help="projection's recompute (default: the run config's; layer = train.activation_checkpointing)")
     ap.add_argument("--l2-mib", type=float, default=50.0, help="L2 size for the HBM estimate (H100: 50 MiB)")
+    ap.add_argument("--coef-tiles", type=int, nargs=2, default=None, metavar=("BT", "BK"),
+                    help="what-if: tokens per coefficient fwd / dx program and nC-block width of dphi instead of the policy's")
     ap.add_argument("--json", default=None, help="write the counts here (input of --measure)")
     ap.add_argument("--counts", default=None, metavar="JSON", help="print the tables and projection of counts written earlier")
     ap.add_argument("--measure", default=None, metavar="JSON", help="CUDA: time the ops, print GB/s beside JSON's counts")
@@ -275,8 +278,8 @@ def main(argv=None) -> int:
     iters = model.get("sinkhorn_iters", 20) if args.iters is None else args.iters
     T = args.full_tokens or run["train"]["micro_batch_size"] * run["data"]["seq_len"]
     model.update(hidden_size=C, n_streams=n)
-    if args.tokens % 64:
-        print("kernel_traffic: --tokens must be a multiple of 64 (the largest token block)", file=sys.stderr)
+    if args.tokens % max(64, *(args.coef_tiles or [0])):
+        print("kernel_traffic: --tokens must be a multiple of 64 and of --coef-tiles' BT", file=sys.stderr)
         return 2
     check = traffic_counter.copy_traffic(1000, reads=1)
     assert check.total("loaded") == check.total("stored") == 4000, "counter check failed"
@@ -295,6 +298,9 @@ def main(argv=None) -> int:
     for name in [] if args.counts else args.dtypes:
         dt, ft = DTYPES[name]
         policy = cuda_policy(T, C, n, dt)
+        if args.coef_tiles:
+            c, (bt, bk) = policy["coef"], args.coef_tiles
+            policy["coef"] = dataclasses.replace(c, main=dataclasses.replace(c.main, BT=bt), dphi=dataclasses.replace(c.dphi, BC=bk))
         a = count(args.tokens, C, n, dt, ft, iters, policy)
         b = count(2 * args.tokens, C, n, dt, ft, iters, policy)
         rows = extrapolate(a, b, args.tokens, 2 * args.tokens, T)
