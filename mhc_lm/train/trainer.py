@@ -22,10 +22,9 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mhc_lm.config_utils import ConfigError, flatten_dict, to_dict
-from mhc_lm.convert import init_from
 from mhc_lm.run_dir import Divergence, RunDir
 from mhc_lm.train import checkpoint as ckpt_lib
-from mhc_lm.train import run_lock, state_io
+from mhc_lm.train import init_from, run_lock, state_io
 from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
 from mhc_lm.train.data import DataBundle, build_data
 from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
