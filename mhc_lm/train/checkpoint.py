@@ -64,6 +64,9 @@ def _damaged(ckpt: Path, what: str) -> CheckpointError:
 
 def read_state(ckpt: Path) -> dict:
     path = Path(ckpt) / STATE_FILE
+    if Path(ckpt).name.endswith(".tmp"):  # its trainer_state.json may be there: the rename is the commit
+        raise CheckpointError(f"{ckpt} is an incomplete checkpoint (a .tmp folder: its write did not finish); "
+                              "pick a complete checkpoints/step_* folder or set checkpoint.resume=auto")
     if not path.is_file():
         raise CheckpointError(f"{ckpt} is not a complete checkpoint (no {STATE_FILE}); "
                               f"pick one listed by complete_checkpoints() or set checkpoint.resume=auto")

@@ -201,3 +201,11 @@ def test_the_scan_follows_the_memo_and_refuses_what_it_cannot_tell(tmp_path):
         scan_file(raw("dup.pkl", dup))
     with pytest.raises(UnsafePickleError, match="extension code"):
         scan_file(raw("ext.pkl", b"\x80\x02\x82\x01)R."))
+
+
+def test_resume_refuses_a_tmp_checkpoint_even_with_its_state_file(run_dir):
+    latest = ckpt_lib.latest_checkpoint(run_dir)
+    tmp = latest.with_name(latest.name + ".tmp")
+    shutil.copytree(latest, tmp)  # killed between trainer_state.json and the rename
+    with pytest.raises(ConfigError, match="incomplete checkpoint"):
+        run(tiny_config(run_dir, train={"max_steps": 12}, checkpoint={"resume": str(tmp), "every": 4}))
