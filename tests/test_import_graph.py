@@ -29,14 +29,9 @@ LAYERS = (
 
 
 # Arrows still to be removed; the checks below ignore them (delete an entry once its arrow is gone):
-#   - the kernels become a leaf: they will no longer import the model's reference Sinkhorn;
-#   - mhc_lm/convert reads runs through mhc_lm.train, so it stands above it, yet the trainer and the
-#     run config call its init_from (train.init_from), and source.py and llama.py import each other.
+#   - the kernels become a leaf: they will no longer import the model's reference Sinkhorn.
 PENDING = {
     ("mhc_lm.kernels.sinkhorn", "mhc_lm.model.sinkhorn"),
-    ("mhc_lm.train.trainer", "mhc_lm.convert.init_from"),
-    ("mhc_lm.train.config", "mhc_lm.convert.init_from"),
-    ("mhc_lm.convert.source", "mhc_lm.convert.llama"),
 }
 
 

@@ -25,6 +25,7 @@ from mhc_lm.data.config import DataConfig
 from mhc_lm.metrics.config import MetricsConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: a larger lr is inf in the optimizer
 
 
 @dataclass
@@ -133,7 +134,7 @@ class TrainConfig:
     """rewind: rewinds allowed in the run; the next spike after them stops it as diverged (exit 3)."""
     init_from: str | None = None
     """Model folder (mhc-lm or Llama) or Hub name whose weights start the run (fresh optimizer); its tokenizer
-    becomes data.tokenizer and unset model fields come from it (mhc_lm/convert/init_from.py)."""
+    becomes data.tokenizer and unset model fields come from it (mhc_lm/train/init_from.py)."""
 
 
 @dataclass
@@ -226,7 +227,8 @@ class RunConfig:
             raise ConfigError(f"optim.decay_fraction: must be in (0, 1], got {self.optim.decay_fraction}")
         o = self.optim
         checks = [
-            ("optim.lr", o.lr, math.isfinite(o.lr) and o.lr > 0, "a finite number > 0"),
+            ("optim.lr", o.lr, math.isfinite(o.lr) and 0 < o.lr <= FLOAT32_MAX,
+             f"a finite number > 0 and <= {FLOAT32_MAX:.4g} (the float32 maximum)"),
             ("optim.weight_decay", o.weight_decay, math.isfinite(o.weight_decay) and o.weight_decay >= 0, ">= 0"),
             ("optim.beta1", o.beta1, 0 <= o.beta1 < 1, "in [0, 1)"),
             ("optim.beta2", o.beta2, 0 <= o.beta2 < 1, "in [0, 1)"),
@@ -255,9 +257,10 @@ class RunConfig:
         if not self.run_dir.strip():
             raise ConfigError("run_dir: must not be empty")
         if t.init_from:  # tokenizer from there, and an architecture mismatch named before anything runs
-            from mhc_lm.convert.init_from import check_run_config
+            from mhc_lm.train.init_from_check import check_run_config
 
-            check_run_config(self)
+            check_run_config(self, model_kwargs(self.model),
+                             lambda run_dir: build_model_config(load_run_config(run_dir / "config.yaml").model))
 
 
 def known_trackers() -> set[str]:

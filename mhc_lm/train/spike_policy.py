@@ -21,7 +21,7 @@ order) restores checkpoint c, the latest complete one (c < s), and the data cont
 batch s - 1 + rewind_skip_batches: the steps c+1 .. are redone on the batches after the skipped
 ones (the batches between c and the spike, seen by the model that spiked, are not replayed, as in
 PaLM). Every rewind is first appended to run_dir/rewinds.json (atomic write), then the trainer
-restores c exactly as a restarted run would (`Trainer._resume`: states, metrics.jsonl cut at c) and
+restores c exactly as a restarted run would (`Trainer._resume` loads the states, metrics.jsonl is cut at c) and
 `after_resume` replays the recorded rewinds of c (data position, event rows). A process killed at
 any point around a rewind and started again with the same command therefore resumes into the same
 state: it either finds no record and meets the same spike again, or finds it and applies it.
@@ -260,8 +260,10 @@ class SpikePolicy:
                   f"{record['advance']} batches (rewind {len(self.rewinds) + 1} of at most {self.max_rewinds})",
                   flush=True)
         acc.wait_for_everyone()
-        trainer.writer.close()  # metrics.jsonl is rewritten (cut at c) by the restore
-        trainer._resume(last)  # exactly what a restarted run does
+        trainer.writer.close()  # metrics.jsonl is rewritten (cut at c) below
+        trainer._resume(last)  # the states, loaded exactly as a restarted run loads them
+        if acc.is_main_process:
+            trainer.writer.truncate_after(trainer.step)  # as a restarted run cuts its log
         self.after_resume(trainer)
         trainer._fp16_overflows = 0
         for cb in trainer.callbacks:
