@@ -2,9 +2,9 @@
 
 import torch
 
-from mhc_lm.model import MhcLmConfig
+from mhc_lm.model import RESIDUAL_MODES, MhcLmConfig
 
-MODES = ("standard", "hc", "mhc", "grid")
+MODES = tuple(RESIDUAL_MODES)  # the built-in modes (read before any test registers one)
 
 
 def tiny_config(mode: str = "standard", **overrides) -> MhcLmConfig:
