@@ -16,7 +16,7 @@ Such a class is not in the folder that `save_pretrained` copies, so the export w
 source into the exported `residual_plugins.py` (`write_plugin_modes`), which
 `configuration_mhc_lm.py` imports: the exported model then loads with `trust_remote_code` and no
 `mhc_lm`. For that the plugin's class must be self-contained: its body may use the names
-`math`, `torch`, `nn`, `F` and the folder's base classes (`PLUGIN_HEADER`), nothing else of the
+`math`, `torch`, `nn`, `F`, `init` (transformers.initialization) and the folder's base classes (`PLUGIN_HEADER`), nothing else of the
 module that defined it; helper modules belong inside the class body.
 """
 
@@ -72,6 +72,7 @@ import math  # noqa: F401
 import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
 from torch import nn  # noqa: F401
+from transformers import initialization as init  # noqa: F401
 
 from .residual_mode import ResidualMode  # noqa: F401
 from .residual_modes import register_residual_mode
