@@ -34,7 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MODES = ("standard", "hc", "mhc", "grid")
+from mhc_lm.model.residual_modes import RESIDUAL_MODES  # noqa: E402
+
+MODES = tuple(RESIDUAL_MODES)
 SET_BY_SWEEP = ("model.residual_mode", "train.seed", "run_dir")  # one value per run: not overridable
 EXIT_INTERRUPTED = 4  # launch/pretrain.py: stopped by a signal, checkpoint written
 

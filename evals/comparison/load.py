@@ -13,9 +13,10 @@ import numpy as np
 import yaml
 
 from mhc_lm.config_utils import flatten_dict
+from mhc_lm.model.residual_modes import RESIDUAL_MODES
 from mhc_lm.train.run_log import read_metrics
 
-MODE_ORDER = ("standard", "hc", "mhc", "grid")
+MODE_ORDER = tuple(RESIDUAL_MODES)
 DEFAULT_H_RES_MAP = "sinkhorn"  # mhc's default H_res map: left out of the group label
 
 

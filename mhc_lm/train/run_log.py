@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from mhc_lm.model.residual_modes import residual_mode_of
+
 # dense bf16 peak TFLOP/s per device, matched against torch.cuda.get_device_name()
 # (first match wins: the specific variants before the generic names)
 KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
@@ -41,9 +43,7 @@ def flops_per_token(model_config, seq_len: int) -> float:
     attn = c.hidden_size * head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
     mlp = 3 * c.hidden_size * c.intermediate_size
     n = c.num_hidden_layers * (attn + mlp) + c.vocab_size * c.hidden_size  # + LM head
-    if c.residual_mode == "mhc":  # coefficient projection nC x (n^2 + 2n), two per layer
-        s = c.n_streams
-        n += c.num_hidden_layers * 2 * s * c.hidden_size * (s * s + 2 * s)
+    n += residual_mode_of(c).extra_matmul_params()  # mhc: projection nC x (2n + K) per sub-layer, K the map's logits
     return 6.0 * n + 12.0 * c.num_hidden_layers * c.num_attention_heads * head_dim * seq_len
 
 

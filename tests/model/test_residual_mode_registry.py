@@ -146,3 +146,15 @@ def test_config_save_pretrained_alone_carries_the_plugin(toy_mode, tmp_path):
     assert "register_residual_mode(ToyGatedMode)" in (tmp_path / "residual_plugins.py").read_text()
     loaded = MhcLmConfig.from_pretrained(tmp_path)
     assert loaded.residual_mode == "toy_gated"
+
+
+def test_flop_count_reads_the_modes_mixing_width():
+    """mhc's projection is nC x (2n + K), K the H_res map's logits: n^2 for sinkhorn, log2 n for kronecker."""
+    from mhc_lm.train.run_log import flops_per_token
+
+    base = flops_per_token(tiny_config("standard"), 16)
+    for h_res_map, K in (("sinkhorn", 16), ("kronecker", 2), ("orthogonal", 6)):
+        c = tiny_config("mhc", h_res_map=h_res_map)
+        extra = c.num_hidden_layers * 2 * c.n_streams * c.hidden_size * (2 * c.n_streams + K)
+        assert flops_per_token(c, 16) - base == pytest.approx(6.0 * extra), h_res_map
+    assert flops_per_token(tiny_config("grid"), 16) == base  # no mixing weights
