@@ -1,4 +1,4 @@
-"""model.h_res_map wired into the mHC module (issue 13): shapes, init, Pre-Norm equivalence, more
+"""model.h_res_map wired into the mHC module: shapes, init, Pre-Norm equivalence, more
 streams, fused-kernel fallback, mixing recompute and generation with the KV cache, for every map."""
 
 import pytest

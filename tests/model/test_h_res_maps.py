@@ -1,4 +1,4 @@
-"""The H_res maps of issue 13 (mhc_lm/model/h_res_maps.py): exactness, gradients, orientation, init."""
+"""The H_res maps (mhc_lm/model/h_res_maps.py): exactness, gradients, orientation, init."""
 
 import math
 
