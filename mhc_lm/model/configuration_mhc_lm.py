@@ -12,7 +12,7 @@ from .residual_plugins import PLUGIN_MODES  # noqa: F401  (modes registered from
 
 MHC_INITS = ("uniform", "identity")
 MIXING_RECOMPUTES = ("none", "sublayer", "block")
-PERMUTATION_MAX_STREAMS = H_RES_MAPS["permutation"].max_streams
+PERMUTATION_MAX_STREAMS = H_RES_MAPS["permutation"].max_streams  # the map's own limit, under its old name
 BLOCK_NORMS = ("pre", "post")
 MAX_STREAMS = 64
 """Largest n_streams: the mixing costs n^2 per token and the stream n times the memory of one;
@@ -23,7 +23,6 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_mhc_lm.MhcLmForCausalLM",
     "AutoModelForSequenceClassification": "modeling_mhc_lm.MhcLmForSequenceClassification",
 }
-
 
 DEFAULT_H_RES_MAP = "sinkhorn"
 

@@ -11,9 +11,11 @@ The block F is the same in every mode: pre-norm grouped-query attention with RoP
 
 The mode (`residual_modes.RESIDUAL_MODES[config.residual_mode]`, interface in residual_mode.py)
 expands the stream once after the embedding (hc/mhc: n copies), wraps each sub-layer, runs the
-layer loop and collapses the stream once (hc/mhc: the mean) before the final norm. Init (documented in `_init_weights`): N(0, initializer_range) for weights,
-output projections (o_proj, down_proj) scaled by 1/sqrt(2 * num_hidden_layers) (GPT-2 /
-OLMo depth scaling), norms at 1, mixing parameters as their mode's paper prescribes.
+layer loop and collapses the stream once (hc/mhc: the mean) before the final norm.
+
+Init (`_init_weights`): N(0, initializer_range) for weights, output projections (o_proj,
+down_proj) scaled by 1/sqrt(2 * num_hidden_layers) (GPT-2 / OLMo depth scaling), norms at 1,
+mixing parameters as their mode's paper prescribes (`ResidualMode.init_weights`).
 """
 
 from __future__ import annotations

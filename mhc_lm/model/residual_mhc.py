@@ -10,9 +10,10 @@
 
 The H_res map is `config.h_res_map` (`h_res_maps.py`, docs/manifolds.md): it sets the width K of
 phi_res / b_res (n^2 for the default "sinkhorn") and turns the K logits into H_res with one call.
-The fused coefficient kernel is built for Sinkhorn's n^2 logits only: with any other map the
-coefficients always run the reference projection (`stream_ops.mhc_coefficients_reference`),
-fused or not; the fused pre-mix and post + residual kernels take any H_res.
+The fused coefficient kernel is built for n^2 logits read as n x n (the maps whose
+`fused_coefficients` flag is set: sinkhorn): with any other map the coefficients always run the
+reference projection (`stream_ops.mhc_coefficients_reference`), fused or not; the fused pre-mix
+and post + residual kernels take any H_res.
 
 With "sinkhorn", H_res is doubly stochastic (`sinkhorn_iters` iterations), so every new stream
 is a convex combination of the old ones: new j = sum_i H_res[i, j] x_l[i] (the last Sinkhorn
