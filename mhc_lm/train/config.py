@@ -143,6 +143,9 @@ class TrainConfig:
     """Force CPU even when CUDA is available (CPU is used anyway without CUDA)."""
     dist_backend: str | None = None
     """torch.distributed backend override; None = nccl on CUDA, gloo on CPU."""
+    init_from: str | None = None
+    """Model folder (mhc-lm or Llama) or Hub name whose weights start the run (fresh optimizer); its tokenizer
+    becomes data.tokenizer and unset model fields come from it (mhc_lm/train/init_from.py)."""
 
 
 @dataclass
@@ -249,6 +252,11 @@ class RunConfig:
             raise ConfigError(f"logging.trackers: unknown {unknown}; known: {sorted(known_trackers())}")
         if not self.run_dir.strip():
             raise ConfigError("run_dir: must not be empty")
+        if t.init_from:  # tokenizer from there, and an architecture mismatch named before anything runs
+            from mhc_lm.train.init_from_check import check_run_config
+
+            check_run_config(self, model_kwargs(self.model),
+                             lambda run_dir: build_model_config(load_run_config(run_dir / "config.yaml").model))
 
 
 def known_trackers() -> set[str]:
