@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODES = ("standard", "hc", "mhc", "grid")
+from mhc_lm.model.residual_modes import RESIDUAL_MODES  # noqa: E402
+
+MODES = tuple(RESIDUAL_MODES)
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:
