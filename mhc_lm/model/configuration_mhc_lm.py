@@ -54,6 +54,7 @@ class MhcLmConfig(PreTrainedConfig):
     (mHC-lite), "kronecker" (KromHC), "orthostochastic" (go-mHC), "orthogonal" (JPmHC-like).
     `block_norm` (standard/grid): "pre" (x + F(norm x)) or "post" (norm(x + F(x)), original
     Transformer).
+    `qk_norm`: RMSNorm on each head's queries and keys before RoPE (every mode).
     """
 
     model_type = "mhc_lm"
@@ -86,6 +87,7 @@ class MhcLmConfig(PreTrainedConfig):
         h_res_map: str = "sinkhorn",
         block_norm: str = "pre",
         attention_dropout: float = 0.0,
+        qk_norm: bool = False,
         use_cache: bool = True,
         pad_token_id: int | None = 0,
         bos_token_id: int | None = 1,
@@ -117,6 +119,7 @@ class MhcLmConfig(PreTrainedConfig):
         self.h_res_map = h_res_map
         self.block_norm = block_norm
         self.attention_dropout = attention_dropout
+        self.qk_norm = qk_norm
         self.use_cache = use_cache
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id

@@ -35,7 +35,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
-from .attention import MhcLmAttention, build_attention_mask, rotary_cos_sin
+from .attention import MhcLmAttention, MhcLmRMSNorm, build_attention_mask, rotary_cos_sin
 from .configuration_mhc_lm import MhcLmConfig
 from .recompute import RecomputePlan
 from .residual_modes import residual_mode_of, write_plugin_modes
@@ -56,16 +56,6 @@ def _resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache 
 
 def _output_cache(outputs) -> Cache | None:
     return getattr(outputs, _CACHE_FIELD, None)
-
-
-class MhcLmRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
 
 
 class MhcLmMLP(nn.Module):

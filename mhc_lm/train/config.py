@@ -91,6 +91,8 @@ class ModelSection:
     """standard/grid: pre-norm x + F(norm x) or post-norm norm(x + F(x))."""
     attention_dropout: float | None = None
     """Attention dropout probability."""
+    qk_norm: bool | None = None
+    """RMSNorm on each head's queries and keys before RoPE (every residual mode)."""
     pad_token_id: int | None = None
     """Padding id (the exported config takes the tokenizer's ids when they exist)."""
     bos_token_id: int | None = None
