@@ -160,7 +160,7 @@ def estimate(strategy: Strategy, num_parameters: int, c, tokens: int, precision:
 def strategy_from_accelerate_yaml(path: Path, repo_root: Path) -> Strategy:
     """The Strategy an Accelerate config file launches."""
     cfg = yaml.safe_load(Path(path).read_text()) or {}
-    world = int(cfg.get("num_processes") or 1) * max(1, int(cfg.get("num_machines") or 1))
+    world = int(cfg.get("num_processes") or 1)  # Accelerate's num_processes is the total over all machines
     dist = str(cfg.get("distributed_type") or "NO").upper()
     cpu = bool(cfg.get("use_cpu")) or Path(path).stem.startswith("cpu")
     if dist == "DEEPSPEED":
