@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -121,11 +122,22 @@ def plot_panels(groups: dict[str, list[Run]], out: Path, name: str, title: str, 
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
     path = None
     if any_data:
-        fig.suptitle(title)
+        # wrapped to the figure's width: a one-panel figure (grad_norm.png) is narrower than its title
+        fig.suptitle(textwrap.fill(title, width=60 * len(panels)), fontsize=11)
         fig.tight_layout()
         path = _save(fig, out / f"{name}.png")
     plt.close(fig)
     return path
+
+
+def band_note_for(groups: dict[str, list[Run]]) -> str:
+    """What the shading means: a band only for groups with >= 2 seeds (1 seed: the run's own curve)."""
+    seeds = [len(runs) for runs in groups.values()]
+    if max(seeds) < 2:
+        return "1 seed per group: the run's curve, no band"
+    if min(seeds) < 2:
+        return "mean over seeds, band = ± 1 sample std where a group has >= 2 seeds"
+    return "mean over seeds, band = ± 1 sample std"
 
 
 def make_plots(groups: dict[str, list[Run]], out: Path) -> list[Path]:
@@ -134,7 +146,7 @@ def make_plots(groups: dict[str, list[Run]], out: Path) -> list[Path]:
     has_backbone = any(len(r.series(BACKBONE_KEYS[0])[0]) or BACKBONE_KEYS[0] in r.stability for r in every)
     vanished_keys, which = (BACKBONE_KEYS, "backbone (without the hc/mhc mixing parameters)") if has_backbone else (
         EPS_KEYS, "all parameters (no backbone ratio logged; mHC's raw ratio is inflated by its phi gradients)")
-    band_note = "mean over seeds, band = +- 1 sample std"
+    band_note = band_note_for(groups)
     plots = [
         plot_panels(groups, out, "loss", f"loss ({band_note})",
                     [Panel("loss", "train loss", train_only=True), Panel("val_loss", "validation loss")]),
