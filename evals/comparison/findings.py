@@ -34,7 +34,7 @@ def welch_text(test: dict) -> str:
         return "1 seed: no test"
     if not math.isfinite(test["p"]):
         return "no spread: no test"
-    return format_p(test["p"]) + (" (significant)" if test["p"] < ALPHA else "")
+    return ("significant: " if test["p"] < ALPHA else "not significant: ") + format_p(test["p"])
 
 
 def has_data(summary: dict, key: str) -> bool:

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .load import MODE_ORDER, Run
-from .summary import BACKBONE_KEYS, EPS_KEYS, grad_norm_spike_curve, spike_curve, spike_settings
+from .summary import BACKBONE_KEYS, EPS_KEYS, grad_norm_extremes, grad_norm_spike_curve, spike_curve, spike_settings
 
 IDENTITY_MODES = ("standard", "grid")  # composite Amax is 1 by definition (identity residual / mean merges)
 AMAX_FLOOR = 0.5  # the Amax axis never zooms closer than [0.5, 2]: 0.99999 must not look far from 1
@@ -28,6 +28,7 @@ class Panel:
     logy: bool = False
     amax: bool = False  # floor the axis, draw modes that are 1 by definition faintly
     armed: bool = False  # shade the steps before the spike detector is armed; no curve there
+    early_grad_norm: bool = False  # write each group's largest grad norm of those steps into the shading
 
 
 def band(runs: list[Run], key: str, train_only: bool = False, curve=None):
@@ -94,6 +95,10 @@ def _draw(ax, groups: dict[str, list[Run]], spec: Panel) -> bool:
         window = max(armed_step(runs) for runs in groups.values())
         ax.axvspan(0, window, color="gray", alpha=0.15, linewidth=0,
                    label=f"detector not armed (first {window} steps)")
+        if spec.early_grad_norm:  # what the detector cannot count: the warm-up excursions
+            maxima = [(label, max(grad_norm_extremes(r)[1] for r in runs)) for label, runs in groups.items()]
+            text = "max grad norm here:\n" + "\n".join(f"{label} {m:.3g}" for label, m in maxima if np.isfinite(m))
+            ax.text(0.02, 0.5, text, transform=ax.transAxes, fontsize=7, va="center", color="dimgray")
     if spec.logy:
         ax.set_yscale("log")
     if spec.amax and lows:
@@ -156,7 +161,7 @@ def make_plots(groups: dict[str, list[Run]], out: Path) -> list[Path]:
                     f"({band_note})",
                     [Panel("spike/loss_count", "cumulative loss spikes", curve=spike_curve, armed=True),
                      Panel("spike/grad_norm_count", "cumulative grad-norm spikes", curve=grad_norm_spike_curve,
-                           armed=True),
+                           armed=True, early_grad_norm=True),
                      Panel("loss_volatility", "loss volatility")]),
         plot_panels(groups, out, "amax", "Amax gain of the composite residual mixing (log scale; 1 = no gain)",
                     [Panel("amax/fwd/composite", "forward (max |row sum|)", logy=True, amax=True),
