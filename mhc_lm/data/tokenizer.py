@@ -124,7 +124,9 @@ def load_tokenizer_by_name(name_or_dir: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name_or_dir)
+        # never run remote code for a tokenizer, and never prompt for it: a model folder (e.g. a run's export or
+        # a train.init_from folder) maps AutoConfig to its remote code, which the tokenizer does not need
+        return AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=False)
     except Exception as err:  # OSError, ValueError, ... depending on what is wrong
         raise ValueError(
             f"data.tokenizer={name_or_dir!r} could not be loaded as a Hugging Face tokenizer ({err}). "

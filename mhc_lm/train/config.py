@@ -123,6 +123,9 @@ class TrainConfig:
     """Force CPU even when CUDA is available (CPU is used anyway without CUDA)."""
     dist_backend: str | None = None
     """torch.distributed backend override; None = nccl on CUDA, gloo on CPU."""
+    init_from: str | None = None
+    """Model folder (mhc-lm or Llama) or Hub name whose weights start the run (fresh optimizer); its tokenizer
+    becomes data.tokenizer and unset model fields come from it (mhc_lm/convert/init_from.py)."""
 
 
 @dataclass
@@ -234,6 +237,10 @@ class RunConfig:
             raise ConfigError(f"logging.trackers: unknown {unknown}; known: {sorted(known_trackers())}")
         if not self.run_dir.strip():
             raise ConfigError("run_dir: must not be empty")
+        if t.init_from:  # tokenizer from there, and an architecture mismatch named before anything runs
+            from mhc_lm.convert.init_from import check_run_config
+
+            check_run_config(self)
 
 
 def known_trackers() -> set[str]:

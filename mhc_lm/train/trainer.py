@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mhc_lm.config_utils import ConfigError, flatten_dict, to_dict
+from mhc_lm.convert import init_from
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.callbacks import default_callbacks
 from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
@@ -54,9 +55,10 @@ class Trainer:
 
         from mhc_lm.model import MhcLmForCausalLM
 
-        model_config = build_model_config(config.model)
+        model_config = init_from.model_config(config) if config.train.init_from else build_model_config(config.model)
         self._check_model_vs_data(model_config)
         model = MhcLmForCausalLM(model_config)  # same seed on every rank: same init
+        self.init_from = init_from.apply(self, model)  # train.init_from: its weights, unless resuming
         if config.train.activation_checkpointing:
             apply_activation_checkpointing(model)
         if config.train.compile:
@@ -115,6 +117,7 @@ class Trainer:
                 "distributed_type": str(acc.distributed_type), "mixed_precision": acc.mixed_precision,
                 "num_parameters": self.num_parameters,
                 "data_dir": str(self.data.prepared_dir) if self.data.prepared_dir else None,
+                "init_from": self.init_from,
             })
             if self.data.tokenizer is not None and not (self.run_dir / "tokenizer").is_dir():
                 self.data.tokenizer.save_pretrained(self.run_dir / "tokenizer")
