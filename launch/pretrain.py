@@ -9,11 +9,12 @@
 
 Overrides are dotted `section.key=value` pairs (CLI > file > defaults). An existing run_dir is
 resumed from its latest complete checkpoint (checkpoint.resume=auto); SIGTERM/SIGINT write a
-checkpoint and stop. `--dry-run` prints what the run needs (parameters, tokens, memory per device for
-each configs/accelerate/ strategy, data source, resume point) without touching data or GPUs; every
-run prints the same at its start, and one that does not fit the machine (or a GPU-sized run on a
-machine without CUDA, unless --allow-cpu) stops with exit 2 (mhc_lm/train/plan.py). Exit codes: 0 completed, 2 bad config (or a run_dir / checkpoint that cannot
-be used), 3 diverged, 4 interrupted by a signal (checkpoint written: rerun the same command to
+checkpoint and stop. `--dry-run` prints what the run needs (parameters, tokens, memory per device
+for each configs/accelerate/ strategy, data source, resume point) without touching data or GPUs;
+every run prints the same at its start, and one that does not fit the machine (or a GPU-sized run
+on a machine without CUDA, unless --allow-cpu) stops with exit 2 (mhc_lm/train/plan.py).
+Exit codes: 0 completed, 2 bad config (or a run_dir / checkpoint that cannot be used, or a run
+that does not fit), 3 diverged, 4 interrupted by a signal (checkpoint written: rerun the same command to
 resume), so `pretrain.py ... && next-step` never goes on with an unfinished run. Under
 `accelerate launch` the launcher returns 1 for any non-zero worker code (the workers' codes and
 messages are in the log).

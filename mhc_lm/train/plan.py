@@ -104,7 +104,8 @@ def resume_point(config: RunConfig) -> str | None:
     if choice == "none":
         return None
     if choice != "auto":
-        return choice
+        ok = (Path(choice) / ckpt_lib.STATE_FILE).is_file()
+        return choice if ok else f"{choice} (not a complete checkpoint: the run will refuse it)"
     run_dir = Path(config.run_dir)
     last = ckpt_lib.latest_checkpoint(run_dir) if run_dir.is_dir() else None
     return str(last) if last is not None else None
