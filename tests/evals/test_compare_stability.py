@@ -120,3 +120,12 @@ def test_plot_titles_say_when_there_is_no_band(tmp_path):
 def test_stability_cli_prints_vanished_ratios_in_percent():
     assert format_metric("vanished/1e-04", 0.7449) == "vanished/1e-04=74.49%"
     assert format_metric("amax/fwd/composite", 5.0731) == "amax/fwd/composite=5.073"
+
+
+def test_the_cli_prints_the_stability_answer(tmp_path, capsys):
+    from evals.compare import main
+
+    assert main([str(d) for d in sweep(tmp_path / "runs", 1)] + ["--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "No stability difference can be tested" in out
+    assert "  Amax (max composite forward gain" in out and "hc 5.07 (Δ +4.07, 1 seed: no test)" in out
