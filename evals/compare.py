@@ -37,10 +37,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mhc_lm.config_utils import positive_int  # noqa: E402
+from mhc_lm.config_utils import ConfigError, positive_int  # noqa: E402
+from mhc_lm.run_dir import RunDir  # noqa: E402
 
 from evals.comparison.load import (MODE_ORDER, Run, check_distinct, group, group_label, load_run,  # noqa: E402,F401
-                                   read_jsonl, warn_mixed_settings, warn_uneven_lengths)
+                                   warn_mixed_settings, warn_uneven_lengths)
 from evals.comparison.plots import make_plots  # noqa: E402
 from evals.comparison.report import headline_rows, stability_section, table_rows, write_reports  # noqa: E402,F401
 from evals.comparison.summary import summarize, summarize_run  # noqa: E402,F401
@@ -53,7 +54,7 @@ def choose_baseline(groups: dict[str, list[Run]], baseline: str | None) -> tuple
     first group with a note when no standard runs were given."""
     if baseline is not None:
         if baseline not in groups:
-            raise SystemExit(f"--baseline {baseline!r} is not one of the groups {list(groups)}")
+            raise ConfigError(f"--baseline {baseline!r} is not one of the groups {list(groups)}")
         return baseline, None
     if DEFAULT_BASELINE in groups:
         return DEFAULT_BASELINE, None
@@ -67,18 +68,18 @@ def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool
     """Load, (optionally probe,) test, plot and report; returns the per-group summary. `report`, when
     given, receives the headline, verdict lines and warnings written to report.md."""
     if not run_dirs:
-        raise SystemExit("no run directories given")
+        raise ConfigError("no run directories given")
     if final_window < 1:
-        raise SystemExit(f"final window must be >= 1 training losses (got {final_window})")
+        raise ConfigError(f"final window must be >= 1 training losses (got {final_window})")
     if effect is not None and not (math.isfinite(effect) and effect > 0):
-        raise SystemExit(f"--effect must be a val-loss difference > 0 (got {effect})")
+        raise ConfigError(f"--effect must be a val-loss difference > 0 (got {effect})")
     check_distinct(run_dirs)
     if probe:
         from evals.stability import run_stability
 
-        for d in run_dirs:
-            if not (Path(d) / "stability.json").is_file() and (Path(d) / "hf" / "config.json").is_file():
-                run_stability(Path(d))
+        for run in map(RunDir, run_dirs):
+            if not run.stability_path.is_file() and run.has_export():
+                run_stability(run.path)
     label = functools.partial(group_label, extra_keys=tuple(group_by))
     runs = [load_run(Path(d), label) for d in run_dirs]
     groups = group(runs)
@@ -134,10 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             compare(args.run_dirs, args.out, args.final_window, args.probe, args.baseline, group_by, args.effect,
                     report=written, plots=not args.no_plots)
-        except SystemExit as err:
-            if not isinstance(err.code, str):
-                raise
-            print(f"error: {err.code}", file=sys.stderr)  # a bad run directory or argument: one line, status 2
+        except ConfigError as err:  # a bad run directory (RunDirError) or argument: one line, status 2
+            print(f"error: {err}", file=sys.stderr)
             return 2
     header, rows = written["headline"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]

@@ -19,28 +19,16 @@ available, index in range).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
-from mhc_lm.config_utils import positive_int
+from mhc_lm.config_utils import ConfigError, positive_int
+from mhc_lm.files import write_json_atomic
+from mhc_lm.run_dir import RunDir, RunDirError
 
 DEFAULT_EPS = (1e-4, 1e-5, 1e-6, 1e-7)
-
-
-def read_run_config(run_dir: Path) -> dict:
-    """RUN_DIR/config.yaml as a plain dict ({} when absent)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SystemExit(f"{path}: not valid YAML ({err}); fix or remove it") from err
 
 
 def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size: int | None, seq_len: int | None,
@@ -49,29 +37,30 @@ def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size
     longer than `max_seq_len` (the model's max_position_embeddings, read from `model_dir`) is refused."""
     from mhc_lm.data import PackedTokens, WindowLoader
 
-    cfg = read_run_config(run_dir)
+    run = RunDir(run_dir)
+    cfg = run.config()
     data_cfg, train_cfg = cfg.get("data") or {}, cfg.get("train") or {}
     if data_dir is None:
         out_dir = data_cfg.get("out_dir")
         if not out_dir:
-            raise SystemExit(f"{run_dir / 'config.yaml'}: no data.out_dir to read probe batches from; pass --data "
-                             "PREPARED_DIR (the folder `python launch/prepare_data.py` wrote)")
+            raise RunDirError(f"{run.config_path}: no data.out_dir to read probe batches from; pass --data "
+                              "PREPARED_DIR (the folder `python launch/prepare_data.py` wrote)")
         data_dir = Path(out_dir)
         if not data_dir.is_absolute() and not data_dir.is_dir():
             data_dir = Path(__file__).resolve().parents[1] / data_dir
     if not data_dir.is_dir():
-        raise SystemExit(f"prepared data folder not found: {data_dir} (from {run_dir / 'config.yaml'} data.out_dir); "
-                         "pass --data PREPARED_DIR or rerun the data preparation")
+        raise RunDirError(f"prepared data folder not found: {data_dir} (from {run.config_path} data.out_dir); "
+                          "pass --data PREPARED_DIR or rerun the data preparation")
     if seq_len:
         source = "--seq-len"
     elif data_cfg.get("seq_len"):
-        seq_len, source = int(data_cfg["seq_len"]), f"data.seq_len of {run_dir / 'config.yaml'}"
+        seq_len, source = int(data_cfg["seq_len"]), f"data.seq_len of {run.config_path}"
     else:
         seq_len, source = 128, "the default window length"
     if max_seq_len is not None and seq_len > max_seq_len:
         where = f" ({Path(model_dir) / 'config.json'})" if model_dir else ""
-        raise SystemExit(f"window length {seq_len} ({source}) exceeds the model's max_position_embeddings "
-                         f"{max_seq_len}{where}; pass --seq-len {max_seq_len} or less")
+        raise ConfigError(f"window length {seq_len} ({source}) exceeds the model's max_position_embeddings "
+                          f"{max_seq_len}{where}; pass --seq-len {max_seq_len} or less")
     batch_size = batch_size or int(train_cfg.get("micro_batch_size") or 8)
     split = "val"
     try:
@@ -85,19 +74,19 @@ def probe_batches(run_dir: Path, data_dir: Path | None, batches: int, batch_size
 
 
 def check_device(device: str) -> None:
-    """SystemExit with a one-line reason when torch cannot use `device`."""
+    """ConfigError with a one-line reason when torch cannot use `device`."""
     import torch
 
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise SystemExit(f"--device {device}: not a torch device ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"--device {device}: not a torch device ({str(err).splitlines()[0]})") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit(f"--device {device}: CUDA is not available to this torch (torch {torch.__version__}, "
-                             f"built with CUDA {torch.version.cuda or 'none'}); use --device cpu")
+            raise ConfigError(f"--device {device}: CUDA is not available to this torch (torch {torch.__version__}, "
+                              f"built with CUDA {torch.version.cuda or 'none'}); use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SystemExit(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 def average(results: list[dict]) -> dict[str, float]:
@@ -122,16 +111,20 @@ def run_stability(run_dir: Path, model_dir: Path | None = None, data_dir: Path |
     run_dir = Path(run_dir)
     for name, value in (("--batches", batches), ("--batch-size", batch_size), ("--seq-len", seq_len)):
         if value is not None and value < 1:
-            raise SystemExit(f"{name} must be >= 1 (got {value})")
-    out = Path(out) if out else run_dir / "stability.json"
+            raise ConfigError(f"{name} must be >= 1 (got {value})")
+    out = Path(out) if out else RunDir(run_dir).stability_path
     if out.is_dir():  # checked before the probe: writing would fail only at the end
-        raise SystemExit(f"output {out} is a directory; --out names the JSON file to write, "
-                         f"e.g. {out / 'stability.json'}")
+        raise ConfigError(f"output {out} is a directory; --out names the JSON file to write, "
+                          f"e.g. {out / 'stability.json'}")
     check_device(device)
-    model_dir = Path(model_dir) if model_dir else run_dir / "hf"
-    if not (model_dir / "config.json").is_file():
-        raise SystemExit(f"no exported model at {model_dir} (config.json missing): the run exports hf/ at the end "
-                         "(train.export_hf), or use `python launch/export_hf.py`, or pass --model DIR")
+    if model_dir is None:
+        try:
+            model_dir = RunDir(run_dir).model_dir()
+        except RunDirError as err:
+            raise RunDirError(f"{err}; or pass --model DIR") from None
+    elif not (Path(model_dir) / "config.json").is_file():
+        raise RunDirError(f"--model {model_dir}: no exported model there (config.json missing)")
+    model_dir = Path(model_dir)
     max_pos = MhcLmConfig.from_pretrained(model_dir).max_position_embeddings
     data, split = probe_batches(run_dir, data_dir, batches, batch_size, seq_len, max_pos, model_dir)
     model = MhcLmForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
@@ -148,17 +141,6 @@ def run_stability(run_dir: Path, model_dir: Path | None = None, data_dir: Path |
     }
     write_json_atomic(out, record)
     return record
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave the temporary file behind (e.g. `path` is a directory)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,10 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rec = run_stability(run_dir, args.model, args.data, args.batches, args.batch_size, args.seq_len,
                                 tuple(args.eps), exclude, args.device, args.out)
-        except SystemExit as err:
-            if not isinstance(err.code, str):
-                raise
-            print(f"error: {err.code}", file=sys.stderr)  # a bad run directory or argument: one line, status 2
+        except ConfigError as err:  # a bad run directory (RunDirError) or argument: one line, status 2
+            print(f"error: {err}", file=sys.stderr)
             return 2
         m = rec["metrics"]
         keys = ["amax/fwd/composite", "amax/bwd/composite"] + [k for k in m if k.startswith("vanished/")] + ["grad_std"]

@@ -5,7 +5,7 @@
     python -m evals.stability_study init --layers 64 --seeds 4 --init-range 0.02 0.2
     python -m evals.stability_study unigram data_cache/tiny_sotu_4k
 
-Reads each run's config.yaml, metrics.jsonl and DIVERGED note (written by the trainer when the loss
+Reads each run's config.yaml, metrics.jsonl and DIVERGED record (written by the trainer when the loss
 or gradient norm became non-finite; launch/pretrain.py then exits with status 3 and the sweep goes
 on with --keep-going). A diverged run is a result: it is listed with the step it diverged at, its
 last finite values are shown, and it is counted, not averaged away.
@@ -31,38 +31,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from evals.comparison.load import MODE_ORDER
 from evals.comparison.summary import EPS_KEYS
-from mhc_lm.train.run_log import read_metrics
+from mhc_lm.run_dir import RunDir, RunDirError
 
 COLORS = {"standard": "tab:blue", "hc": "tab:red", "mhc": "tab:green", "grid": "tab:orange"}
 
 
 # ---------------------------------------------------------------- loading
 def load(run_dir: Path) -> dict:
-    """{"path", "mode", "seed", "records", "diverged_at", "diverged", "wall_s", "max_steps"} of one run."""
-    run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        raise SystemExit(f"{run_dir}: no metrics.jsonl (not a run directory, or the run never started)")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    records = [rec for rec in read_metrics(metrics) if "step" in rec]  # lines cut by a crash are skipped
-    note = (run_dir / "DIVERGED").read_text().strip() if (run_dir / "DIVERGED").is_file() else None
-    diverged_at = None
-    if note is not None:
-        m = re.search(r"at step (\d+)", note)
-        diverged_at = int(m.group(1)) if m else -1
-    wall = metrics.stat().st_mtime - (run_dir / "config.yaml").stat().st_mtime
-    return {"path": str(run_dir), "mode": cfg["model"]["residual_mode"], "seed": int(cfg["train"]["seed"]),
-            "block_norm": cfg["model"].get("block_norm", "pre"), "records": records, "diverged": note,
-            "diverged_at": diverged_at, "wall_s": wall, "max_steps": int(cfg["train"]["max_steps"])}
+    """{"path", "mode", "seed", "block_norm", "records", "diverged", "diverged_at", "wall_s", "max_steps"}
+    of one run (RunDirError when it is not one). diverged_at: the step of the DIVERGED record (-1
+    when an old note names none), None when the run did not diverge."""
+    run = RunDir(run_dir)
+    cfg = run.config()
+    records = run.metrics()  # lines cut by a crash are skipped
+    divergence = run.divergence()
+    diverged_at = None if divergence is None else (divergence.step if divergence.step is not None else -1)
+    max_steps = run.setting("train.max_steps", config=cfg)
+    return {"path": str(run.path), "mode": run.mode(cfg), "seed": run.seed(cfg),
+            "block_norm": run.setting("model.block_norm", "pre", cfg), "records": records,
+            "diverged": None if divergence is None else divergence.message, "diverged_at": diverged_at,
+            "wall_s": run.wall_seconds(), "max_steps": int(max_steps) if max_steps is not None else None}
 
 
 def series(run: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.run_dirs:
         parser.error(f"{args.kind}: give the run directories")
-    runs = [load(d) for d in args.run_dirs]
+    try:
+        runs = [load(d) for d in args.run_dirs]
+    except RunDirError as err:  # one line, status 2
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     text, data = (stress_tables if args.kind == "stress" else depth_tables)(runs)
     print(text)
     if args.out:

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
 
+    from mhc_lm.metrics import build_callbacks
     from mhc_lm.train import Trainer, TrainingDiverged, load_run_config
 
     try:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from mhc_lm.train.distributed import shutdown
 
     try:
-        status = Trainer(config).fit()
+        status = Trainer(config, callbacks=build_callbacks(config)).fit()
     except TrainingDiverged as err:
         print(f"[mhc-lm] training diverged: {err}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -38,7 +38,7 @@ def plot(out_dir: Path, modes: list[str]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mhc_lm.train.run_log import read_metrics
+    from mhc_lm.run_dir import read_metrics
 
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
     for mode in modes:
@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     import mhc_lm.data as data
     import mhc_lm.train as train
     from mhc_lm.config_utils import ConfigError
+    from mhc_lm.metrics import build_callbacks
+    from mhc_lm.run_dir import read_metrics
     from mhc_lm.train.config import REPO_ROOT
-    from mhc_lm.train.run_log import read_metrics
 
     config_path = Path(args.config) if Path(args.config).is_file() else REPO_ROOT / args.config
     try:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         finished = _finished(Path(cfg.run_dir), args.steps)  # a finished run is reused: its wall time stays
         torch.manual_seed(cfg.train.seed)
         try:
-            status = train.Trainer(cfg).fit()
+            status = train.Trainer(cfg, callbacks=build_callbacks(cfg)).fit()
         except ConfigError as err:
             print(f"config error: {err}", file=sys.stderr)
             return 2

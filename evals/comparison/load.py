@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import yaml
 
 from mhc_lm.config_utils import flatten_dict
-from mhc_lm.train.run_log import read_metrics
+from mhc_lm.run_dir import RunDir, RunDirError, dotted_get
 
 MODE_ORDER = ("standard", "hc", "mhc", "grid")
 DEFAULT_H_RES_MAP = "sinkhorn"  # mhc's default H_res map: left out of the group label
@@ -28,7 +27,7 @@ class Run:
     metrics_config: dict = field(default_factory=dict)
     stability: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
-    diverged: str | None = None  # the run's DIVERGED note, if training diverged
+    diverged: str | None = None  # the message of the run's DIVERGED record, if training diverged
     group: str = ""  # comparison group label (group_label), set by load_run
 
     @property
@@ -37,12 +36,7 @@ class Run:
 
     def setting(self, dotted: str, default=None):
         """A dotted key of the run's config.yaml (e.g. "train.max_steps"), else `default`."""
-        node = self.config
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
+        return dotted_get(self.config, dotted, default)
 
     def series(self, key: str, train_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of the numeric entries `key`, last value per step."""
@@ -53,26 +47,6 @@ class Run:
                 by_step[int(r["step"])] = float(v)
         steps = np.array(sorted(by_step), dtype=np.int64)
         return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a metrics.jsonl; an unreadable line is skipped with a warning naming it, a file
-    without any record (a JSON object with a "step") is an error (SystemExit naming it)."""
-    bad_lines: list[tuple[int, str]] = []
-    records = [rec for rec in read_metrics(path, on_bad=lambda i, line: bad_lines.append((i, line)))
-               if "step" in rec]
-    if not records:
-        if bad_lines:
-            i, line = bad_lines[0]
-            detail = (f"{len(bad_lines)} unreadable line(s), the first is line {i}: "
-                      f"{line[:40] + ('...' if len(line) > 40 else '')!r}")
-        else:
-            detail = "no JSON object with a \"step\" in it"
-        raise SystemExit(f"{path}: no readable metrics records ({detail}); is it the metrics.jsonl of a "
-                         "training run?")
-    for i, _ in bad_lines:
-        warnings.warn(f"{path}:{i}: not a JSON object, skipped (a line cut by a crash?)", stacklevel=3)
-    return records
 
 
 def group_label(run: Run, extra_keys: Sequence[str] = ()) -> str:
@@ -88,25 +62,17 @@ def group_label(run: Run, extra_keys: Sequence[str] = ()) -> str:
 
 
 def load_run(path: Path, label: Callable[[Run], str] = group_label) -> Run:
-    path = Path(path)
-    metrics = path / "metrics.jsonl"
-    if not metrics.is_file():
-        raise SystemExit(f"{path}: no metrics.jsonl; pass run directories written by launch/pretrain.py")
-    cfg = {}
-    if (path / "config.yaml").is_file():
-        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    mode = (cfg.get("model") or {}).get("residual_mode")
-    if mode is None and (path / "hf" / "config.json").is_file():
-        mode = json.loads((path / "hf" / "config.json").read_text()).get("residual_mode")
-    if mode is None:
-        raise SystemExit(f"{path}: residual mode unknown (no model.residual_mode in config.yaml and no "
-                         "hf/config.json); is this a run directory?")
-    seed = int((cfg.get("train") or {}).get("seed") or 0)
-    stability = {}
-    if (path / "stability.json").is_file():
-        stability = json.loads((path / "stability.json").read_text()).get("metrics", {})
-    diverged = (path / "DIVERGED").read_text().strip() or "diverged" if (path / "DIVERGED").is_file() else None
-    run = Run(path, str(mode), seed, read_jsonl(metrics), cfg.get("metrics") or {}, stability, cfg, diverged)
+    """One run directory (RunDirError when it is not one); metrics.jsonl lines cut by a crash are
+    skipped with a warning naming each."""
+    run_dir = RunDir(path)
+    cfg = run_dir.config()
+    bad_lines: list[int] = []
+    records = run_dir.metrics(on_bad=lambda i, line: bad_lines.append(i))
+    divergence = run_dir.divergence()
+    run = Run(run_dir.path, run_dir.mode(cfg), run_dir.seed(cfg), records, cfg.get("metrics") or {},
+              run_dir.stability(), cfg, None if divergence is None else divergence.message or "diverged")
+    for i in bad_lines:  # once the run is known good: a broken run is one error, not a warning per line
+        warnings.warn(f"{run_dir.metrics_path}:{i}: not a JSON object, skipped (a line cut by a crash?)", stacklevel=2)
     run.group = label(run)
     return run
 
@@ -118,7 +84,7 @@ def check_distinct(run_dirs: list[Path]) -> None:
         key = Path(d).resolve()
         if key in seen:
             same = f"{d}" if str(seen[key]) == str(d) else f"{seen[key]} and {d} (both {key})"
-            raise SystemExit(f"run directory given twice: {same}; each run counts as one seed, pass it once")
+            raise RunDirError(f"run directory given twice: {same}; each run counts as one seed, pass it once")
         seen[key] = Path(d)
 
 

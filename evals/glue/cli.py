@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from mhc_lm.config_utils import ConfigError
+from mhc_lm.files import write_json_atomic, write_text_atomic
 
 from .config import DEFAULT_CONFIG, config_dict, load_glue_config
 from .data import GlueDataError
-from .model_io import ModelDirError
-from .report import compare, write_json_atomic, write_run_report, write_text_atomic
+from .report import compare, write_run_report
 from .tasks import parse_tasks
 
 
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         if not args.model or not args.out:
             parser.error("--model and --out are required (or --compare DIR...)")
         run(args)
-    except (ConfigError, GlueDataError, ModelDirError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, GlueDataError, FileNotFoundError, ValueError) as err:  # ConfigError: RunDirError too
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

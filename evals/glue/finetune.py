@@ -4,8 +4,10 @@ Follows the GPT/BERT recipe of Radford et al. (2018) and Devlin et al. (2019, ar
   input  = text_a [eos] text_b [eos]   (single-sentence tasks: text_a [eos])
   logits = score(h_last)               MhcLmForSequenceClassification pools the last non-pad token
   loss   = cross-entropy, or MSE for STS-B (num_labels == 1)
-AdamW with linear warmup and decay, dev evaluation every `eval_every` steps (or epoch), early
-stopping after `patience` evaluations without a better dev score; the best evaluation is reported.
+AdamW (the pretraining decay groups, `mhc_lm.train.optim.param_groups`: no weight decay on norms,
+gates, biases and mixing parameters) with linear warmup and decay, dev evaluation every
+`eval_every` steps (or epoch), early stopping after `patience` evaluations without a better dev
+score; the best evaluation is reported.
 Accelerate places the model on the available device(s) (CPU, one or several GPUs).
 """
 
@@ -17,6 +19,8 @@ import time
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from mhc_lm.train.optim import optimizer_groups
 
 from .data import load_split
 from .metrics import compute_metrics, flatten_split_metrics, task_score
@@ -72,17 +76,6 @@ def make_collate(pad_token_id: int, regression: bool):
     return collate
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Decay matrices only: no decay for norms, biases, embeddings or mixing parameters (DESIGN)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or "norm" in name or "embed" in name or "mixing." in name
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 @torch.no_grad()
 def evaluate(model, loader, accelerator, spec: TaskSpec) -> dict[str, float]:
     model.eval()
@@ -118,7 +111,7 @@ def finetune_task_seed(spec: TaskSpec, model_dir, tokenizer, hp, seed: int, acce
                              shuffle=False, collate_fn=collate) for s, d in devs.items()}
 
     model = load_classifier(model_dir, spec.num_labels, tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW(param_groups(model, hp.weight_decay), lr=hp.learning_rate)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, hp.weight_decay), lr=hp.learning_rate)
     steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes)
     total = hp.max_steps if hp.max_steps is not None else max(1, math.ceil(hp.num_epochs * steps_per_epoch))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)

@@ -9,24 +9,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-class ModelDirError(ValueError):
-    """The --model path is not a loadable model; the message names the fix."""
+from mhc_lm.run_dir import RunDir, RunDirError
 
 
 def resolve_model_dir(path: str | Path) -> Path:
+    """The folder to load: a run directory's hf/ export, else `path` itself when it holds a config.json."""
     path = Path(path)
-    if (path / "hf" / "config.json").is_file():
-        return path / "hf"
+    run = RunDir(path)
+    if run.has_export():
+        return run.export_path
     if (path / "config.json").is_file():
         return path
     if not path.exists():
-        raise ModelDirError(f"--model {path} does not exist")
-    if (path / "checkpoints").is_dir():
-        raise ModelDirError(f"--model {path} is a run directory without an hf/ export; run "
-                            f"`python launch/export_hf.py {path}` first")
-    raise ModelDirError(f"--model {path}: no config.json (an exported Hugging Face folder) and no "
-                        f"hf/config.json (a training run directory)")
+        raise RunDirError(f"--model {path} does not exist")
+    if run.checkpoints_path.is_dir():
+        raise RunDirError(f"--model {path} is a run directory without an hf/ export; run "
+                          f"`python launch/export_hf.py {path}` first")
+    raise RunDirError(f"--model {path}: no config.json (an exported Hugging Face folder) and no "
+                      f"hf/config.json (a training run directory)")
 
 
 def model_info(model_dir: Path) -> dict:
@@ -43,11 +43,11 @@ def load_tokenizer(model_dir: Path):
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     except (OSError, ValueError) as err:
-        raise ModelDirError(f"{model_dir}: no loadable tokenizer ({err}); export the model together with "
-                            f"its tokenizer (launch/export_hf.py does)") from err
+        raise RunDirError(f"{model_dir}: no loadable tokenizer ({err}); export the model together with "
+                          f"its tokenizer (launch/export_hf.py does)") from err
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
-            raise ModelDirError(f"{model_dir}: the tokenizer has neither a pad nor an eos token")
+            raise RunDirError(f"{model_dir}: the tokenizer has neither a pad nor an eos token")
         tok.pad_token = tok.eos_token
     return tok
 

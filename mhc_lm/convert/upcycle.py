@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from mhc_lm.convert.source import ConversionError, build_model, check_target, load_source, resolve_folder, write_folder
+from mhc_lm.convert.output import build_model, check_target, write_folder
+from mhc_lm.train.model_folder import ConversionError, resolve_folder
+from mhc_lm.train.model_source import load_source
 
 UPCYCLE_MODES = ("hc", "mhc", "grid")
 

@@ -2,9 +2,10 @@
 
     from mhc_lm.metrics import build_callbacks, detect_spikes, amax_gain, composite, vanished_ratio, probe_model
 
-Pure functions take tensors / numbers; `build_callbacks(config, trainer)` gives the trainer its
-callbacks; `probe_model` is shared with the offline `python -m evals.stability`. JSONL names are
-listed in docs/stability.md.
+Pure functions take tensors / numbers; `build_callbacks(config)` gives the callbacks that the
+launcher hands to `mhc_lm.train.Trainer` (this package imports nothing of `mhc_lm.train`);
+`probe_model` is shared with the offline `python -m evals.stability`. JSONL names are listed in
+docs/stability.md.
 """
 
 from .amax import amax_gain, composite, gain_summary, inf_norm, mixing_amax_metrics

@@ -1,4 +1,6 @@
-"""Stability callbacks for the trainer (`mhc_lm.train.callbacks.Callback` protocol).
+"""Stability callbacks for the trainer (the `mhc_lm.train.callbacks.Callback` protocol, met by shape:
+this package imports nothing of `mhc_lm.train`; launch/pretrain.py hands `build_callbacks(config)`
+to the Trainer).
 
     StabilityCallback: every step, from the loss / grad-norm floats the trainer already has
         spike/loss, spike/loss_count, spike/loss_score, spike/loss_z,
@@ -20,11 +22,12 @@ import math
 import warnings
 from pathlib import Path
 
-from ..train.run_log import iter_jsonl
+from mhc_lm.run_dir import iter_jsonl
+
 from .config import MetricsConfig
 from .probe import eval_mode, probe_model
 from .spikes import SpikeDetector, VolatilityTracker
-from .update import NOT_MANAGED, snapshot, update_ratios
+from .update import NOT_MANAGED, deepspeed_fp32_piece, snapshot, update_ratios
 
 SPIKE_SERIES = ("loss", "grad_norm")
 
@@ -224,19 +227,18 @@ def _fp32_masters(acc):
 
     if acc.distributed_type != DistributedType.DEEPSPEED:
         return None, None
-    from mhc_lm.train.ds_checkpoint import NOT_DEEPSPEED, local_fp32_master
-
     def master(p):
-        m = local_fp32_master(p)
-        if m is NOT_DEEPSPEED:  # a replicated parameter: counted once (main process) in the sum over ranks
+        m = deepspeed_fp32_piece(p)
+        if m is NOT_MANAGED:  # a replicated parameter: counted once (main process) in the sum over ranks
             return NOT_MANAGED if acc.is_main_process else None
         return m
 
     return master, _sum_over_ranks(acc)
 
 
-def build_callbacks(config, trainer) -> list:
-    """The stability callbacks the trainer runs (config: RunConfig, or a MetricsConfig)."""
+def build_callbacks(config, trainer=None) -> list:
+    """The stability callbacks for `Trainer(config, callbacks=...)` (config: RunConfig, or a
+    MetricsConfig); `trainer` is unused (the callbacks meet it at `on_train_begin`)."""
     metrics = getattr(config, "metrics", config)
     if not isinstance(metrics, MetricsConfig):
         raise TypeError(f"build_callbacks: expected a RunConfig or MetricsConfig, got {type(config).__name__}")

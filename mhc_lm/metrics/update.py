@@ -38,6 +38,22 @@ NOT_MANAGED = object()
 """Returned by a `master` function for a parameter whose module tensor is what to measure."""
 
 
+def deepspeed_fp32_piece(param: torch.nn.Parameter):
+    """This rank's piece of the fp32 master of a DeepSpeed-managed parameter (1-D fragment), None
+    if this rank holds none of it, or NOT_MANAGED for a parameter DeepSpeed does not manage.
+
+    ZeRO-3 partitions (`ds_id`) and ZeRO-1/2 / BF16_Optimizer fragments (`_hp_mapping`) are
+    disjoint across ranks, so sums over them, all-reduced, are sums over the whole parameter."""
+    if hasattr(param, "ds_id"):
+        from deepspeed.utils import safe_get_local_fp32_param  # optional dependency: only under DeepSpeed
+
+        return safe_get_local_fp32_param(param)
+    if hasattr(param, "_hp_mapping"):
+        mapping = param._hp_mapping
+        return None if mapping is None else mapping.get_hp_fragment()
+    return NOT_MANAGED
+
+
 def _measured(p: torch.Tensor, master) -> torch.Tensor | None:
     if master is None:
         return p.detach()
@@ -85,4 +101,4 @@ def update_ratios(before: dict, model: nn.Module, master=None, reduce=None) -> d
     return {f"update_ratio/{g}": math.sqrt(d / s) if s > 0 else float("nan") for g, (d, s) in zip(groups, totals)}
 
 
-__all__ = ["group_of", "snapshot", "update_ratios", "NOT_MANAGED"]
+__all__ = ["group_of", "snapshot", "update_ratios", "NOT_MANAGED", "deepspeed_fp32_piece"]

@@ -1,7 +1,9 @@
 """Pretraining: typed run config, Accelerate/DeepSpeed trainer, checkpoints, logging, export.
 
+    from mhc_lm.metrics import build_callbacks
     from mhc_lm.train import Trainer, load_run_config
-    Trainer(load_run_config("configs/tiny_cpu.yaml", ["train.max_steps=50"])).fit()
+    config = load_run_config("configs/tiny_cpu.yaml", ["train.max_steps=50"])
+    Trainer(config, callbacks=build_callbacks(config)).fit()   # without callbacks: no stability metrics
 """
 
 from mhc_lm.train.callbacks import BaseCallback, Callback

@@ -1,7 +1,9 @@
 """Trainer callbacks: the hook through which stability probes plug into the loop.
 
 Metrics are callbacks (OLMo-core's `train/callbacks/` pattern): the trainer loop stays short and
-probes (loss/grad-norm spikes, Amax gain, vanished gradients) live in `mhc_lm.metrics`.
+probes (loss/grad-norm spikes, Amax gain, vanished gradients) live in `mhc_lm.metrics`. The trainer
+imports none of them: whoever builds it hands them over,
+`Trainer(config, callbacks=mhc_lm.metrics.build_callbacks(config))` (launch/pretrain.py does).
 Every hook is called on every rank (a probe may need a collective forward pass); only the main
 process writes the logs. `on_step_end` may add float entries to `logs` before they are written.
 """
@@ -35,13 +37,3 @@ class BaseCallback:
     def on_train_end(self, trainer: "Trainer") -> None:
         pass
 
-
-def default_callbacks(config, trainer) -> list:
-    """The metrics engineer's `mhc_lm.metrics.build_callbacks(config, trainer)` when it exists."""
-    if not config.metrics.enabled:
-        return []
-    try:
-        from mhc_lm.metrics import build_callbacks
-    except ImportError:
-        return []
-    return list(build_callbacks(config, trainer))

@@ -125,7 +125,7 @@ class TrainConfig:
     """torch.distributed backend override; None = nccl on CUDA, gloo on CPU."""
     init_from: str | None = None
     """Model folder (mhc-lm or Llama) or Hub name whose weights start the run (fresh optimizer); its tokenizer
-    becomes data.tokenizer and unset model fields come from it (mhc_lm/convert/init_from.py)."""
+    becomes data.tokenizer and unset model fields come from it (mhc_lm/train/init_from.py)."""
 
 
 @dataclass
@@ -238,9 +238,10 @@ class RunConfig:
         if not self.run_dir.strip():
             raise ConfigError("run_dir: must not be empty")
         if t.init_from:  # tokenizer from there, and an architecture mismatch named before anything runs
-            from mhc_lm.convert.init_from import check_run_config
+            from mhc_lm.train.init_from_check import check_run_config
 
-            check_run_config(self)
+            check_run_config(self, model_kwargs(self.model),
+                             lambda run_dir: build_model_config(load_run_config(run_dir / "config.yaml").model))
 
 
 def known_trackers() -> set[str]:

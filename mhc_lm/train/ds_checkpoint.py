@@ -1,5 +1,5 @@
-"""fp32 master weights of DeepSpeed runs: from a checkpoint (export) and from a live engine
-(update ratio).
+"""fp32 master weights of DeepSpeed runs, read from a checkpoint (export). (A live engine's
+masters, for the update ratio, are read by `mhc_lm.metrics.update.deepspeed_fp32_piece`.)
 
 Under `"bf16": {"enabled": true}` the engine's module holds bf16 copies; the fp32 masters live in
 the optimizer, partitioned over the data-parallel ranks. Two checkpoint layouts exist:
@@ -91,23 +91,3 @@ def zero_fp32_state_dict(ckpt: Path, tag: str = "pytorch_model") -> dict[str, to
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
-
-
-NOT_DEEPSPEED = object()  # local_fp32_master's answer for a parameter DeepSpeed does not manage
-
-
-def local_fp32_master(param: torch.nn.Parameter):
-    """This rank's piece of the fp32 master of a DeepSpeed-managed parameter (1-D fragment), None
-    if this rank holds none of it, or `NOT_DEEPSPEED` for a parameter DeepSpeed does not manage.
-
-    ZeRO-3 partitions (`ds_id`) and ZeRO-1/2 / BF16_Optimizer fragments (`_hp_mapping`) are
-    disjoint across ranks, so sums over them, all-reduced, are sums over the whole parameter."""
-    if hasattr(param, "ds_id"):
-        from deepspeed.utils import safe_get_local_fp32_param
-
-        return safe_get_local_fp32_param(param)
-    if hasattr(param, "_hp_mapping"):
-        mapping = param._hp_mapping
-        return None if mapping is None else mapping.get_hp_fragment()
-    return NOT_DEEPSPEED
-

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from mhc_lm.run_dir import RUN_FILES
+
 
 # Written in every export folder: the names of the files the export wrote. A folder is replaced
 # by a new export only if it holds nothing else (its files are never published in the run dir).
@@ -179,8 +181,6 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
     return out_dir
 
 
-# Files of the run itself, never replaced by an exported file of the same name.
-_RUN_FILES = {"config.yaml", "meta.json", "metrics.jsonl", "DIVERGED", "stability.json"}
 _MANIFEST = ".hf_export_files.json"
 
 
@@ -196,7 +196,7 @@ def publish_in_run_dir(run_dir: Path, hf_dir: Path) -> list[str]:
     names = sorted(p.name for p in hf_dir.iterdir() if p.is_file() and p.name != _EXPORT_MARKER)
     published = []
     for name in names:
-        if name in _RUN_FILES or (run_dir / name).is_dir():
+        if name in RUN_FILES or (run_dir / name).is_dir():  # the run's own files are never replaced
             warnings.warn(f"export: {name} not published at the top of {run_dir} (the run has its own)", stacklevel=2)
             continue
         tmp = run_dir / f".{name}.publish.tmp"
@@ -208,7 +208,7 @@ def publish_in_run_dir(run_dir: Path, hf_dir: Path) -> list[str]:
         os.replace(tmp, run_dir / name)
         published.append(name)
     for name in set(previous) - set(published):
-        if name not in _RUN_FILES and (run_dir / name).is_file():
+        if name not in RUN_FILES and (run_dir / name).is_file():
             (run_dir / name).unlink()
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(published) + "\n")

@@ -81,3 +81,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_step
     """LambdaLR over `lr_factor`; stepped once per optimizer step by the trainer (not by Accelerate,
     which would step it once per process)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, max_steps))
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """`param_groups` as an optimizer takes them (no names, no empty group): the decay rule for any
+    other AdamW over an mhc-lm model, e.g. GLUE fine-tuning (evals/glue/finetune.py)."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, weight_decay)]
+    return [g for g in groups if g["params"]]

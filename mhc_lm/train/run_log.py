@@ -14,11 +14,13 @@ import platform
 import resource
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from mhc_lm.files import write_json_atomic
+from mhc_lm.run_dir import NON_FINITE, iter_jsonl, read_metrics  # noqa: F401 (also importable from here)
 
 # dense bf16 peak TFLOP/s per device, matched against torch.cuda.get_device_name()
 # (first match wins: the specific variants before the generic names)
@@ -114,35 +116,4 @@ def write_meta(path: Path, extra: dict | None = None) -> None:
         "host": platform.node(),
         **(extra or {}),
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(path)
-
-
-NON_FINITE = ("nan", "inf", "-inf")  # how MetricsWriter stores non-finite floats (JSON has none)
-
-
-def iter_jsonl(path: str | Path, on_bad: Callable[[int, str], None] | None = None) -> Iterator[tuple[str, dict]]:
-    """(line, record) for every line of a JSONL file that holds a JSON object. Other lines (one torn
-    by a kill mid-write, a stray blank) are skipped; `on_bad(line_number, line)` hears of each."""
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        if isinstance(rec, dict):
-            yield line, rec
-        elif on_bad is not None:
-            on_bad(i, line)
-
-
-def read_metrics(path: str | Path, on_bad: Callable[[int, str], None] | None = None) -> list[dict]:
-    """The records of a metrics.jsonl file, non-finite values (stored as "nan" / "inf" / "-inf")
-    decoded back to floats; unreadable lines skipped as in `iter_jsonl`."""
-    records = []
-    for _, rec in iter_jsonl(path, on_bad):
-        records.append({k: float(v) if isinstance(v, str) and v in NON_FINITE else v for k, v in rec.items()})
-    return records
+    write_json_atomic(path, meta)

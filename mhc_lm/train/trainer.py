@@ -22,9 +22,9 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mhc_lm.config_utils import ConfigError, flatten_dict, to_dict
-from mhc_lm.convert import init_from
+from mhc_lm.run_dir import Divergence, RunDir
 from mhc_lm.train import checkpoint as ckpt_lib
-from mhc_lm.train.callbacks import default_callbacks
+from mhc_lm.train import init_from
 from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
 from mhc_lm.train.data import DataBundle, build_data
 from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
@@ -78,7 +78,7 @@ class Trainer:
         self.peak_tflops = config.logging.peak_tflops or default_peak_tflops()
         self.writer = MetricsWriter(self.run_dir / "metrics.jsonl", acc.is_main_process)
         self.probe_batch = self._first_val_batch()
-        self.callbacks = list(callbacks or []) + default_callbacks(config, self)
+        self.callbacks = list(callbacks or [])  # only those handed in (launch/pretrain.py: mhc_lm.metrics's)
         self._stop_signal: int | None = None
         self._last_saved_step = -1
         self._fp16_overflows = 0
@@ -179,11 +179,10 @@ class Trainer:
 
     def _resume(self, path: Path | None, state: dict | None = None) -> None:
         acc = self.accelerator
-        diverged = self.run_dir / "DIVERGED"
-        if acc.is_main_process and diverged.is_file():  # an earlier attempt diverged: this one retries
-            print(f"[mhc-lm] {diverged} from an earlier attempt: {diverged.read_text().strip()} (file removed, "
+        earlier = RunDir(self.run_dir).clear_divergence() if acc.is_main_process else None
+        if earlier is not None:  # an earlier attempt diverged: this one retries
+            print(f"[mhc-lm] {self.run_dir / 'DIVERGED'} from an earlier attempt: {earlier.message} (file removed, "
                   "retrying)", flush=True)
-            diverged.unlink()
         if path is None:
             if acc.is_main_process:
                 self.writer.truncate_after(-1)  # a run that died before its first checkpoint: start the log over
@@ -308,7 +307,7 @@ class Trainer:
                f"stopping without saving. Last good checkpoint: {last or 'none'}. "
                "Try a lower optim.lr, more optim.warmup_steps, or train.grad_clip; resume restarts from it.")
         if self.accelerator.is_main_process:
-            (self.run_dir / "DIVERGED").write_text(msg + "\n")
+            RunDir(self.run_dir).write_divergence(Divergence.at(self.step + 1, loss, grad_norm, last, msg))
         raise TrainingDiverged(msg)
 
     def fit(self) -> str:

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from mhc_lm.config_utils import ConfigError
-from mhc_lm.convert import init_from
-from mhc_lm.convert.source import load_safetensors
-from mhc_lm.train import Trainer
+from mhc_lm.train import Trainer, init_from
+from mhc_lm.train.model_folder import load_safetensors
 from mhc_lm.train.run_log import read_metrics
 from tests.convert.helpers import convert, llama_folder
 from tests.train.helpers import DieAt, Killed, one_thread, tiny_config, toy_data
@@ -108,6 +107,22 @@ def test_architecture_mismatch_names_the_field(upcycled, tmp_path):
     # fields that do not change the architecture may differ
     cfg = config(tmp_path / "run", upcycled, model={"max_position_embeddings": 32, "mhc_gate_init": 0.1})
     assert init_from.model_config(cfg).max_position_embeddings == 32
+
+
+def test_a_run_directory_starts_a_run_from_its_latest_checkpoint(upcycled, tmp_path):
+    """train.init_from=RUN_DIR: the architecture comes from the run's config.yaml (read while the run
+    config is built) and the weights from its latest checkpoint."""
+    first = config(tmp_path / "first", upcycled, train={"max_steps": 2})
+    Trainer(first, data=toy_data(first)).fit()
+    with pytest.raises(ConfigError, match=r"model\.n_streams=4 .* 2"):
+        config(tmp_path / "run", tmp_path / "first", model={"n_streams": 4})
+    cfg = config(tmp_path / "run", tmp_path / "first")
+    assert init_from.model_config(cfg).to_dict() == init_from.model_config(first).to_dict()
+    trainer = Trainer(cfg, data=toy_data(cfg))
+    weights = load_safetensors(tmp_path / "first" / "checkpoints" / "step_0000002")
+    state = trainer.unwrapped_model.state_dict()
+    assert weights and all(torch.equal(state[k], w.to(state[k].dtype)) for k, w in weights.items())
+    assert trainer.init_from["kind"] == "run" and trainer.init_from["weights_sha256"] == init_from.weights_sha256(weights)
 
 
 def test_pretrain_cli_exit_2_on_a_mismatch(upcycled, tmp_path, capsys):

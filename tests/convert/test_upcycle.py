@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mhc_lm.convert.source import load_source
 from mhc_lm.convert.upcycle import upcycled_model
+from mhc_lm.train.model_source import load_source
 from tests.convert.helpers import convert, llama_folder, logits, token_ids
 
 

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from evals.compare import compare, main
+from mhc_lm.config_utils import ConfigError
+from mhc_lm.run_dir import RunDirError
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 300
@@ -159,11 +161,11 @@ def test_default_out_is_next_to_the_runs(runs, tmp_path):
 
 def test_bad_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+    with pytest.raises(RunDirError, match="no metrics.jsonl"):
         compare([tmp_path / "empty"], tmp_path / "out")
     (tmp_path / "nomode").mkdir()
     (tmp_path / "nomode" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')  # cut line
-    with pytest.raises(SystemExit, match="residual mode unknown"):
+    with pytest.raises(RunDirError, match="residual mode unknown"):
         compare([tmp_path / "nomode"], tmp_path / "out")
 
 
@@ -260,10 +262,10 @@ def test_a_run_given_twice_is_refused(runs, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "given twice" in err and str(a) in err
     assert not out.exists()
-    with pytest.raises(SystemExit, match="given twice"):
+    with pytest.raises(RunDirError, match="given twice"):
         compare([a, root / "mhc_s1" / ".." / "mhc_s0"], out)  # same directory after resolving
     (root / "link").symlink_to(a)
-    with pytest.raises(SystemExit, match="given twice"):
+    with pytest.raises(RunDirError, match="given twice"):
         compare([a, root / "link"], out)
 
 
@@ -299,7 +301,7 @@ def test_a_run_without_readable_records_is_an_error(runs, capsys, text):
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and str(metrics) in lines[0] and "no readable metrics records" in lines[0]
     assert "warning:" not in err  # one error, not a warning per line
-    with pytest.raises(SystemExit, match="no readable metrics records"):
+    with pytest.raises(RunDirError, match="no readable metrics records"):
         compare([root / "mhc_s1"], root / "r")
 
 
@@ -320,7 +322,7 @@ def test_final_window_must_be_at_least_one(runs, capsys, window):
     assert exc.value.code == 2
     assert "--final-window" in capsys.readouterr().err
     assert not (root / "r").exists()
-    with pytest.raises(SystemExit, match="final window must be >= 1"):
+    with pytest.raises(ConfigError, match="final window must be >= 1"):
         compare([root / "mhc_s0"], root / "r", final_window=0)
 
 

@@ -7,9 +7,11 @@ import torch
 import yaml
 
 from evals.stability import main, probe_batches, run_stability
+from mhc_lm.config_utils import ConfigError
 from mhc_lm.data import prepare_data
 from mhc_lm.metrics import probe_model
 from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM
+from mhc_lm.run_dir import RunDirError
 from tests.data.conftest import small_config, synthetic_docs, write_txt
 
 
@@ -50,13 +52,13 @@ def test_offline_probe_matches_direct_probe(run_dir):
 
 
 def test_clear_errors(run_dir, tmp_path):
-    with pytest.raises(SystemExit, match="config.json missing"):
+    with pytest.raises(RunDirError, match="config.json missing"):
         run_stability(tmp_path)
     (tmp_path / "hf").symlink_to(run_dir / "hf")
-    with pytest.raises(SystemExit, match="no data.out_dir"):
+    with pytest.raises(RunDirError, match="no data.out_dir"):
         run_stability(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"out_dir": str(tmp_path / "missing")}}))
-    with pytest.raises(SystemExit, match="prepared data folder not found"):
+    with pytest.raises(RunDirError, match="prepared data folder not found"):
         run_stability(tmp_path)
 
 
@@ -72,7 +74,7 @@ def test_sizes_must_be_at_least_one(run_dir, tmp_path, capsys, flag):
     with pytest.raises(SystemExit) as exc:
         main([str(run_dir), flag, "0", "--out", str(tmp_path / "s.json")])
     assert exc.value.code == 2 and flag in _err_line(capsys)
-    with pytest.raises(SystemExit, match="--batches must be >= 1"):
+    with pytest.raises(ConfigError, match="--batches must be >= 1"):
         run_stability(run_dir, batches=0, out=tmp_path / "s.json")
     assert not list(tmp_path.iterdir())
 
@@ -87,7 +89,7 @@ def test_seq_len_beyond_the_model_positions_is_refused(run_dir, tmp_path, capsys
     other = tmp_path / "run"
     other.mkdir()
     (other / "config.yaml").write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], "seq_len": 48}}))
-    with pytest.raises(SystemExit, match=r"window length 48 \(data.seq_len .*max_position_embeddings 32"):
+    with pytest.raises(ConfigError, match=r"window length 48 \(data.seq_len .*max_position_embeddings 32"):
         run_stability(other, model_dir=run_dir / "hf")
     assert main([str(run_dir), "--seq-len", "32", "--batches", "1", "--out", str(out)]) == 0  # the limit itself
     assert json.loads(out.read_text())["batch_shape"] == [2, 32]
@@ -102,7 +104,7 @@ def test_out_directory_is_refused_before_probing(run_dir, tmp_path, capsys):
 
 
 def test_write_json_atomic_leaves_no_tmp_file(tmp_path):
-    from evals.stability import write_json_atomic
+    from mhc_lm.files import write_json_atomic
 
     (tmp_path / "x.json").mkdir()
     with pytest.raises(OSError):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from evals.stability_study import depth_tables, load, main, stress_tables
+from mhc_lm.metrics import build_callbacks
 from mhc_lm.train import Trainer, TrainingDiverged
 from tests.train.helpers import one_thread, tiny_config, toy_data
 
@@ -15,7 +16,7 @@ def train(run_dir, mode, lr, seed=0, layers=2):
                       train={"grad_clip": 0.0, "max_steps": 4, "seed": seed},
                       metrics={"enabled": True, "probe_every": 2}, checkpoint={"every": 0})
     with one_thread():
-        Trainer(cfg, data=toy_data(cfg)).fit()
+        Trainer(cfg, data=toy_data(cfg), callbacks=build_callbacks(cfg)).fit()
 
 
 @pytest.fixture(scope="module")

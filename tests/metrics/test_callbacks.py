@@ -21,7 +21,7 @@ def _one_thread():
 def train(run_dir, mode, enabled, **train):
     metrics = {"enabled": enabled, "probe_every": 4, "spike_min_history": 2, "spike_window": 4}
     cfg = tiny_config(run_dir, mode, metrics=metrics, train={"max_steps": 6, **train})
-    trainer = Trainer(cfg, data=toy_data(cfg))
+    trainer = Trainer(cfg, data=toy_data(cfg), callbacks=build_callbacks(cfg))
     trainer.fit()
     return trainer, read_metrics(Path(run_dir) / "metrics.jsonl")
 
@@ -90,12 +90,15 @@ def test_spike_state_survives_resume_with_sparse_logging(tmp_path):
                                     "volatility_window": 4},
                            logging={"log_every": 3}, checkpoint={"every": 6})
 
-    Trainer(cfg(tmp_path / "ref"), data=toy_data(cfg(tmp_path / "ref"))).fit()
+    def trainer(run_dir, *extra):
+        return Trainer(cfg(run_dir), data=toy_data(cfg(run_dir)), callbacks=[*extra, *build_callbacks(cfg(run_dir))])
+
+    trainer(tmp_path / "ref").fit()
     with pytest.raises(Killed):
-        Trainer(cfg(tmp_path / "run"), data=toy_data(cfg(tmp_path / "run")), callbacks=[DieAt(9)]).fit()
+        trainer(tmp_path / "run", DieAt(9)).fit()
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
     assert len(state["callbacks"]["stability"]["detectors"]["loss"]["history"]) == 4
-    Trainer(cfg(tmp_path / "run"), data=toy_data(cfg(tmp_path / "run"))).fit()  # resumes at step 6
+    trainer(tmp_path / "run").fit()  # resumes at step 6
 
     def spikes(run_dir):
         keys = ("step", "loss", "spike/loss_count", "spike/loss_score", "spike/loss_z", "spike/grad_norm_count",

@@ -66,7 +66,7 @@ def test_callback_in_a_real_run(tmp_path):
     torch.manual_seed(0)
     cfg = tiny_config(tmp_path, "mhc", metrics={"enabled": True, "probe_every": 3}, train={"max_steps": 7})
     rec = Recorder()
-    Trainer(cfg, data=toy_data(cfg), callbacks=[rec]).fit()
+    Trainer(cfg, data=toy_data(cfg), callbacks=[rec, *build_callbacks(cfg)]).fit()
     lines = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
     logged = {r["step"]: r for r in lines if "update_ratio/global" in r}
     assert sorted(logged) == [3, 6, 7]  # the probe steps (every 3 and the last)

@@ -192,6 +192,7 @@ def data_fail(out_dir: Path) -> None:
 
 def accelerate_fsdp(out_dir: Path) -> None:
     """GPU only: the real trainer under `accelerate launch --config_file configs/accelerate/fsdp_8gpu.yaml`."""
+    from mhc_lm.metrics import build_callbacks
     from mhc_lm.train import Trainer
     from mhc_lm.train.distributed import build_accelerator, shutdown
     from tests.train.helpers import tiny_config, toy_data
@@ -200,7 +201,8 @@ def accelerate_fsdp(out_dir: Path) -> None:
     cfg = tiny_config(out_dir / "run", "mhc", train={"mixed_precision": "bf16", "max_steps": 2, "batch_size": 2 * world},
                       metrics={"enabled": True, "probe_every": 1})
     acc = build_accelerator(cfg)
-    trainer = Trainer(cfg, data=toy_data(cfg, acc.process_index, acc.num_processes), accelerator=acc)
+    trainer = Trainer(cfg, data=toy_data(cfg, acc.process_index, acc.num_processes), accelerator=acc,
+                      callbacks=build_callbacks(cfg))
     seen = {}
     mixing = trainer.unwrapped_model.model.layers[0].attn_mixing
     mixing = getattr(mixing, "_fsdp_wrapped_module", mixing)

@@ -46,3 +46,25 @@ def test_wsd():
     assert f[10:80] == [1.0] * 70, "stable phase"
     assert f[99] == pytest.approx(0.0) and f[90] == pytest.approx(0.45)
     assert all(a > b for a, b in zip(f[80:], f[81:]))
+
+
+def test_glue_fine_tuning_decays_by_the_pretraining_rule():
+    """One decay rule (mhc_lm/train/optim.py) for pretraining and GLUE fine-tuning: no decay on norms,
+    gates, biases and mixing parameters; the embedding and the new classification head are decayed
+    (the fine-tuning copy of the rule once left the embedding undecayed)."""
+    import evals.glue.finetune as finetune
+    from mhc_lm.model import MhcLmForSequenceClassification
+    from mhc_lm.train.optim import optimizer_groups
+
+    assert finetune.optimizer_groups is optimizer_groups  # finetune_task_seed builds its AdamW from it
+    model = MhcLmForSequenceClassification(MhcLmConfig(**{**TINY_MODEL, "residual_mode": "mhc", "num_labels": 3}))
+    decay, no_decay = optimizer_groups(model, 0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0) and set(decay) == {"params", "weight_decay"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, free = {names[id(p)] for p in decay["params"]}, {names[id(p)] for p in no_decay["params"]}
+    assert {"model.embed_tokens.weight", "score.weight"} <= decayed
+    assert any(n.endswith("q_proj.weight") for n in decayed) and any("gate_proj" in n for n in decayed)
+    mixing = {n for n in names.values() if "mixing." in n}
+    norms = {n for n in names.values() if "norm" in n}
+    assert mixing and norms and (mixing | norms) <= free
+    assert free | decayed == set(names.values()) and not free & decayed

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mhc_lm.metrics import build_callbacks
 from mhc_lm.model import MhcLmForCausalLM
 from mhc_lm.train import Trainer, load_run_config
 from mhc_lm.train.config import build_model_config
@@ -49,7 +50,7 @@ def test_stress_config_runs_a_few_steps(tmp_path, name, mode):
     cfg = load_run_config(REPO / "configs" / name,
                           [f"model.residual_mode={mode}", f"run_dir={tmp_path / 'run'}", "model.num_hidden_layers=4",
                            "model.fused_kernels=false", *SMALL])
-    Trainer(cfg, data=toy_data(cfg)).fit()
+    Trainer(cfg, data=toy_data(cfg), callbacks=build_callbacks(cfg)).fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))

@@ -1,6 +1,7 @@
 """In-process runs of the tiny model: metrics contract, run dir, callbacks, crash during a
 checkpoint write, NaN stop, export."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from mhc_lm.config_utils import save_config
+from mhc_lm.run_dir import RunDir
 from mhc_lm.train import BaseCallback, Trainer, TrainingDiverged
 from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train.run_log import read_metrics
@@ -107,7 +109,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     weights = load_file(str(ckpts[0] / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
-    assert "step 6" in (tmp_path / "run" / "DIVERGED").read_text()
+    record = RunDir(tmp_path / "run").divergence()  # the DIVERGED record, machine-readable
+    assert (record.step, record.reason, math.isnan(record.loss)) == (6, "loss", True)
+    assert record.last_checkpoint == str(ckpts[0]) and "step 6" in record.message
+    assert json.loads((tmp_path / "run" / "DIVERGED").read_text())["step"] == 6
     assert max(s for s, _ in losses(tmp_path / "run")) == 5
 
 
@@ -200,21 +205,37 @@ def test_compile_keeps_the_losses(tmp_path):
     torch.testing.assert_close(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want]), rtol=1e-4, atol=0)
 
 
-def test_metrics_callbacks_are_built_when_available(tmp_path, monkeypatch):
-    import mhc_lm.metrics
+def test_the_trainer_runs_the_callbacks_it_is_handed_and_pretrain_hands_the_metrics(tmp_path, monkeypatch):
+    """The trainer imports no metrics: with metrics enabled it still runs only what it is given;
+    launch/pretrain.py hands it mhc_lm.metrics.build_callbacks(config)."""
+    import importlib.util
 
-    seen = []
+    import mhc_lm.train
+    from mhc_lm.metrics import build_callbacks
 
-    def build_callbacks(config, trainer):
-        seen.append((config, trainer))
-        return [Recorder()]
-
-    monkeypatch.setattr(mhc_lm.metrics, "build_callbacks", build_callbacks, raising=False)
     cfg = tiny_config(tmp_path / "on", metrics={"enabled": True}, train={"max_steps": 2})
-    trainer = Trainer(cfg, data=toy_data(cfg))
-    assert seen == [(cfg, trainer)] and isinstance(trainer.callbacks[-1], Recorder)
-    cfg_off = tiny_config(tmp_path / "off", metrics={"enabled": False}, train={"max_steps": 2})
-    assert Trainer(cfg_off, data=toy_data(cfg_off)).callbacks == []
+    assert Trainer(cfg, data=toy_data(cfg)).callbacks == []
+    rec = Recorder()
+    assert Trainer(cfg, data=toy_data(cfg), callbacks=[rec]).callbacks == [rec]
+
+    handed = []
+
+    class FakeTrainer:
+        def __init__(self, config, callbacks=None):
+            handed.append((config, callbacks))
+
+        def fit(self):
+            return "completed"
+
+    monkeypatch.setattr(mhc_lm.train, "Trainer", FakeTrainer)
+    spec = importlib.util.spec_from_file_location("pretrain", Path(__file__).resolve().parents[2] / "launch" / "pretrain.py")
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    config_file = tmp_path / "run.yaml"
+    save_config(cfg, config_file)
+    assert pretrain.main(["--config", str(config_file)]) == 0
+    [(config, callbacks)] = handed
+    assert [type(c) for c in callbacks] == [type(c) for c in build_callbacks(config)] and len(callbacks) == 3
 
 
 def test_resume_refuses_other_settings_and_keeps_the_run_records(tmp_path):

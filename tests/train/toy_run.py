@@ -11,6 +11,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from mhc_lm.metrics import build_callbacks  # noqa: E402
 from mhc_lm.train import BaseCallback, Trainer, load_run_config  # noqa: E402
 from mhc_lm.train.distributed import build_accelerator, shutdown  # noqa: E402
 from tests.train.helpers import toy_data  # noqa: E402
@@ -28,7 +29,7 @@ if __name__ == "__main__":
     config = load_run_config(sys.argv[1], sys.argv[2:])
     acc = build_accelerator(config)
     trainer = Trainer(config, data=toy_data(config, acc.process_index, acc.num_processes), accelerator=acc,
-                      callbacks=[Sleep()])
+                      callbacks=[Sleep(), *build_callbacks(config)])
     try:
         status = trainer.fit()
     finally:
