@@ -29,7 +29,10 @@ Weights, gradients and AdamW states per parameter (P parameters, N processes):
                        3 also the weights, over N
 
 This is an estimate of the steady state (no allocator fragmentation, no communication buffers
-beyond DDP's buckets, no CUDA context): the fit check leaves HEADROOM of the device free.
+beyond DDP's buckets, no CUDA context): the fit check leaves HEADROOM of the device free. The
+activation formulas are those of the reference (unfused) path with mhc's Sinkhorn map; the other
+H_res maps and the fused CUDA kernels keep other intermediates of the coefficients (O(n^2) floats
+per token, small next to the stream's 4 n C bytes; not measured here).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def _quickstart():
 class FinishedTrainer:
     """Writes the metrics of a finished run when there are none, as a real Trainer would."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, callbacks=None):
         self.run_dir, self.steps = Path(cfg.run_dir), cfg.train.max_steps
 
     def fit(self):
