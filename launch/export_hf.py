@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mhc_lm.config_utils import ConfigError
     from mhc_lm.train.export import ExportTargetError, export_run_dir
+    from mhc_lm.train.safe_pickle import UnsafePickleError
 
     if not (args.run_dir / "config.yaml").is_file():
         print(f"error: {args.run_dir} is not a run directory (no config.yaml): pass the run_dir of "
@@ -36,8 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = export_run_dir(args.run_dir, args.out, args.checkpoint)
-    except (ConfigError, FileNotFoundError, ExportTargetError) as err:
+    except (ConfigError, FileNotFoundError, ExportTargetError, UnsafePickleError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only or unwritable --out
+        from mhc_lm.train.faults import as_write_fault
+
+        fault = as_write_fault(err)
+        if fault is None:
+            raise
+        print(f"error: {fault.strerror}", file=sys.stderr)
         return 2
     print(f"exported {out}")
     return 0

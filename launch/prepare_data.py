@@ -44,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only or unwritable data.out_dir (the staging folder is removed)
+        from mhc_lm.train.faults import as_write_fault
+
+        fault = as_write_fault(err)
+        if fault is None:
+            raise
+        print(f"error: {fault.strerror}", file=sys.stderr)
+        return 2
     meta = read_meta(out_dir)
     summary = {
         "out_dir": str(out_dir),

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     from mhc_lm.train.distributed import shutdown
+    from mhc_lm.train.checkpoint import latest_checkpoint
+    from mhc_lm.train.faults import as_write_fault
 
     try:
         status = Trainer(config, callbacks=build_callbacks(config)).fit()
@@ -67,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DIVERGED
     except ConfigError as err:  # found once the run starts: data, tokenizer, run_dir, checkpoint to resume
         print(f"config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as err:  # a full disk, a read-only or unwritable run_dir / data cache
+        fault = as_write_fault(err, Path(config.run_dir), latest_checkpoint(config.run_dir))
+        if fault is None:
+            raise
+        print(f"error: {fault.strerror}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
         shutdown()

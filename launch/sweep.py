@@ -116,16 +116,21 @@ def run_one(argv: list[str]) -> tuple[int, bool]:
     """Run one training command; SIGINT / SIGTERM reaching the sweep are passed on to it (it then
     checkpoints and stops) and the sweep waits for it instead of killing it mid-checkpoint.
     Returns (exit code, whether the sweep itself was signalled)."""
-    proc = subprocess.Popen(argv)
-    signalled = []
+    signalled, procs = [], []
 
     def forward(signum, frame):
         signalled.append(signum)
-        if proc.poll() is None:
-            proc.send_signal(signum)  # idempotent for the trainer: a second SIGINT changes nothing
+        if procs and procs[0].poll() is None:
+            procs[0].send_signal(signum)  # idempotent for the trainer: a second SIGINT changes nothing
 
+    # handlers first: a signal arriving while the run starts must not kill the sweep (a busy machine
+    # let the run start, and be signalled, before the handlers of a sweep that installed them after)
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        procs.append(subprocess.Popen(argv))
+        proc = procs[0]
+        if signalled:  # arrived before the run existed: pass the last one on now
+            proc.send_signal(signalled[-1])
         rc = proc.wait()
     finally:
         for s, h in previous.items():

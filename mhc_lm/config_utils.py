@@ -184,9 +184,13 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file ({err})") from err
+    if data is None:  # an empty file (or only comments) would silently mean "all defaults"
+        raise ConfigError(f"{path} is empty: a config file must set at least one section (e.g. configs/tiny_cpu.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data

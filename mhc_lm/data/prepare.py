@@ -123,7 +123,10 @@ def _reusable(out_dir: Path, inputs: dict, overwrite: bool) -> bool:
         raise FileExistsError(f"{out_dir} holds an incomplete data preparation (no meta.json). {fix}")
     try:
         old = json.loads(meta_path.read_text()).get("fingerprint_inputs", {})
-    except (json.JSONDecodeError, AttributeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        if not overwrite:  # a torn or edited file, not another config
+            raise ValueError(f"{meta_path} is corrupt (not a JSON object: {type(err).__name__}). Fix: set "
+                             "data.overwrite=true to prepare the data again, or choose another data.out_dir.") from err
         old = None
     if isinstance(old, dict):
         old = _comparable(old)

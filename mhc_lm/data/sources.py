@@ -222,8 +222,30 @@ def load_embedded(name: str):
     return datasets.Dataset.from_dict({"text": [d["text"] for d in docs]})
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached (offline mode set, or no connection to its endpoint within
+    `timeout` seconds), or None."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{var}={os.environ[var]} (offline mode)"
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as err:
+        return f"{url.hostname} cannot be reached ({err})"
+    return None
+
+
 def load_hub(name: str, cfg: DataConfig):
     """Stream a Hub dataset (needs network); returns an IterableDataset with a `text` column."""
+    offline = _hub_unreachable()
+    if offline:  # fail in seconds, not after datasets' HEAD retries (about a minute)
+        raise ValueError(
+            f"data.train_files={name!r} is not a local path, so it was read as a Hub dataset, but {offline}. "
+            f"Fix: check the path (local folders must exist: looked for {os.path.abspath(name)}), or go online.")
     import datasets
 
     try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from mhc_lm.run_dir import iter_jsonl
 
 from .config import MetricsConfig
+from .non_finite import probe_or_diverge
 from .probe import eval_mode, probe_model
 from .spikes import SpikeDetector, VolatilityTracker
 from .update import NOT_MANAGED, deepspeed_fp32_piece, snapshot, update_ratios
@@ -160,7 +161,7 @@ class ProbeCallback:
 
     def on_step_end(self, trainer, step: int, logs: dict) -> None:
         if self.due(trainer, step):
-            logs.update(self.probe(trainer))
+            logs.update(probe_or_diverge(self.probe, trainer, step))
 
     def probe(self, trainer) -> dict[str, float]:
         acc = trainer.accelerator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from mhc_lm.config_utils import ConfigError
@@ -42,7 +43,8 @@ class MetricsConfig:
         if self.spike_window < 2 or not 2 <= self.spike_min_history <= self.spike_window:
             raise ConfigError(f"metrics.spike_window ({self.spike_window}) must be >= 2 and metrics.spike_min_history "
                               f"({self.spike_min_history}) in [2, spike_window]")
-        if self.spike_sigma <= 0 or self.volatility_window < 2:
-            raise ConfigError("metrics.spike_sigma must be > 0 and metrics.volatility_window >= 2")
+        if not (math.isfinite(self.spike_sigma) and self.spike_sigma > 0) or self.volatility_window < 2:
+            raise ConfigError(f"metrics.spike_sigma must be a finite number > 0 (got {self.spike_sigma}) and "
+                              f"metrics.volatility_window >= 2 (got {self.volatility_window})")
         if any(not 0 < e < 1 for e in self.vanished_eps):
             raise ConfigError(f"metrics.vanished_eps: every eps must be in (0, 1), got {self.vanished_eps}")

@@ -25,6 +25,7 @@ from mhc_lm.data.config import DataConfig
 from mhc_lm.metrics.config import MetricsConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: a larger lr is inf in the optimizer
 
 
 @dataclass
@@ -216,7 +217,8 @@ class RunConfig:
             raise ConfigError(f"optim.decay_fraction: must be in (0, 1], got {self.optim.decay_fraction}")
         o = self.optim
         checks = [
-            ("optim.lr", o.lr, math.isfinite(o.lr) and o.lr > 0, "a finite number > 0"),
+            ("optim.lr", o.lr, math.isfinite(o.lr) and 0 < o.lr <= FLOAT32_MAX,
+             f"a finite number > 0 and <= {FLOAT32_MAX:.4g} (the float32 maximum)"),
             ("optim.weight_decay", o.weight_decay, math.isfinite(o.weight_decay) and o.weight_decay >= 0, ">= 0"),
             ("optim.beta1", o.beta1, 0 <= o.beta1 < 1, "in [0, 1)"),
             ("optim.beta2", o.beta2, 0 <= o.beta2 < 1, "in [0, 1)"),

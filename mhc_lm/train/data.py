@@ -35,7 +35,30 @@ class DataBundle:
 
 
 def build_data(config, accelerator) -> DataBundle:
-    """Prepare (main process first, idempotent) and open the corpus of `config.data`."""
+    """Prepare (main process first, idempotent) and open the corpus of `config.data`. Data errors
+    (a missing file, a corpus shorter than one window, a damaged shard or tokenizer) are raised as
+    ConfigError: the user's input, one line, exit code 2."""
+    from mhc_lm.config_utils import ConfigError
+    from mhc_lm.train.faults import write_cause
+
+    try:
+        return _build_data(config, accelerator)
+    except ConfigError:
+        raise
+    except OSError as err:
+        if write_cause(err) is not None:  # a full disk / read-only data cache: reported as a write fault
+            raise
+        raise ConfigError(f"data: {_one_line(err)}") from err
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"data: {_one_line(err)}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, (ValueError, FileNotFoundError)) else f"{type(err).__name__}: {text}"
+
+
+def _build_data(config, accelerator) -> DataBundle:
     from mhc_lm.data import PackedTokens, WindowLoader, load_tokenizer
 
     out_dir = prepare_on_main(config.data, accelerator)
@@ -126,6 +149,8 @@ def prepare_on_main(data_config, accelerator, poll_s: float = 2.0, report_every_
             last_report = now
         time.sleep(poll_s)
     if not state.get("ok"):
-        raise RuntimeError(f"data preparation failed on rank 0 ({state.get('error')}); see rank 0's log. "
+        from mhc_lm.config_utils import ConfigError  # rank 0 raised the error itself (one line there)
+
+        raise ConfigError(f"data preparation failed on rank 0 ({state.get('error')}); see rank 0's log. "
                            "Fix the data settings, or prepare first with `python launch/prepare_data.py --config ...`")
     return Path(prepare_data(data_config))

@@ -16,6 +16,9 @@ the trainable parameters are flattened in order into one vector, padded at the e
 of the world size, and split into equal partitions; rank R saves partition R in fp32
 (`single_partition_of_fp32_groups`). Concatenating the ranks' partitions and slicing in the order
 of `param_shapes` (mp_rank_00_model_states.pt) gives every parameter back.
+
+DeepSpeed loads its files with `weights_only=False`: every file is first scanned by
+`mhc_lm.train.safe_pickle`, which refuses a pickle that imports anything but data types.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import re
 from pathlib import Path
 
 import torch
+
+from mhc_lm.train.safe_pickle import load_scanned, scan_tree
 
 _BF16_OPTIM = re.compile(r"^bf16_zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
 
@@ -40,8 +45,8 @@ def bf16_optimizer_fp32_state_dict(ds_dir: Path) -> dict[str, torch.Tensor]:
     """Full fp32 state dict of a DeepSpeed BF16_Optimizer checkpoint folder (e.g. `ckpt/pytorch_model`)."""
     ds_dir = Path(ds_dir)
     files = _bf16_optimizer_files(ds_dir)
-    model_state = torch.load(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    shards = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
+    model_state = load_scanned(ds_dir / "mp_rank_00_model_states.pt", map_location="cpu")
+    shards = [load_scanned(f, map_location="cpu")["optimizer_state_dict"] for f in files]
     groups_shapes = model_state["param_shapes"]  # list (per group) of {name: shape}, in flattening order
     out: dict[str, torch.Tensor] = {}
     for g, shapes in enumerate(groups_shapes):
@@ -78,7 +83,7 @@ def is_bf16_optimizer_checkpoint(ds_dir: Path) -> bool:
     files = [p for p in Path(ds_dir).iterdir() if _BF16_OPTIM.match(p.name)]
     if not files:
         return False
-    state = torch.load(min(files), map_location="cpu", weights_only=False, mmap=True)["optimizer_state_dict"]
+    state = load_scanned(min(files), map_location="cpu", mmap=True)["optimizer_state_dict"]
     return "zero_stage" not in state and "single_partition_of_fp32_groups" in state
 
 
@@ -86,6 +91,7 @@ def zero_fp32_state_dict(ckpt: Path, tag: str = "pytorch_model") -> dict[str, to
     """Full fp32 state dict of an `accelerator.save_state` checkpoint written under DeepSpeed, from
     the optimizer's fp32 masters, whatever the ZeRO stage and optimizer layout."""
     ds_dir = Path(ckpt) / tag
+    scan_tree(ckpt)  # DeepSpeed's reader loads every file with weights_only=False
     if is_bf16_optimizer_checkpoint(ds_dir):
         return bf16_optimizer_fp32_state_dict(ds_dir)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -174,8 +174,13 @@ def save_hf_folder(model, out_dir: Path, tokenizer=None, state_dict: dict | None
             tokenizer.save_pretrained(tmp)
             _set_tokenizer_defaults(tmp, getattr(model.config, "max_position_embeddings", None))
         _write_marker(tmp, sorted(p.name for p in tmp.iterdir() if p.name != _EXPORT_MARKER))
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        from mhc_lm.train.faults import write_fault
+
+        fault = write_fault(err, Path(getattr(err, "filename", None) or tmp)) if isinstance(err, Exception) else None
+        if fault is not None:  # a full disk / read-only target: one clear error, the partial folder removed
+            raise fault from err
         raise
     _replace_dir(tmp, out_dir)
     return out_dir
@@ -285,7 +290,10 @@ def _load_dcp_model(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_checkpoint_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     """Full fp32 state dict of a checkpoint written by `accelerator.save_state` (plain, DeepSpeed or FSDP)."""
+    from mhc_lm.train.checkpoint import check_safe
+
     ckpt = Path(ckpt)
+    check_safe(ckpt)  # before torch, DeepSpeed or DCP open any of its files
     st = ckpt / "model.safetensors"
     if st.is_file():
         from safetensors.torch import load_file
@@ -310,7 +318,7 @@ def load_checkpoint_weights(ckpt: Path) -> dict[str, torch.Tensor]:
 def export_run_dir(run_dir: Path, out_dir: Path | None = None, checkpoint: Path | None = None) -> Path:
     """Rebuild the model of a run from config.yaml, load a checkpoint (default: latest), export."""
     from mhc_lm.model import MhcLmForCausalLM
-    from mhc_lm.train.checkpoint import latest_checkpoint
+    from mhc_lm.train.checkpoint import STATE_FILE, latest_checkpoint
     from mhc_lm.train.config import build_model_config, load_run_config
 
     run_dir = Path(run_dir)
@@ -318,6 +326,9 @@ def export_run_dir(run_dir: Path, out_dir: Path | None = None, checkpoint: Path 
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}/checkpoints has no complete checkpoint to export")
+    if ckpt.name.endswith(".tmp") or not (ckpt / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{ckpt} is an incomplete checkpoint (a .tmp folder, or no {STATE_FILE}: its "
+                                "write did not finish); export a complete one (default: the latest)")
     out_dir = check_export_target(out_dir if out_dir else run_dir / "hf", run_dir, ckpt)  # before the slow part
     model = MhcLmForCausalLM(build_model_config(cfg.model))
     weights = load_checkpoint_weights(ckpt)
@@ -332,7 +343,8 @@ def export_run_dir(run_dir: Path, out_dir: Path | None = None, checkpoint: Path 
     if (run_dir / "tokenizer").is_dir():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", trust_remote_code=True)
+        # no remote code from a run directory: its tokenizers are plain ones
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", trust_remote_code=False)
     out = save_hf_folder(model, out_dir, tokenizer, run_dir=run_dir, checkpoint=ckpt)
     if out.resolve() == (run_dir / "hf").resolve():
         publish_in_run_dir(run_dir, out)

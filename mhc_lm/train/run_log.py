@@ -81,8 +81,22 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a")
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-        self._fh.write(json.dumps(clean) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(clean) + "\n")
+            self._fh.flush()
+        except OSError as err:  # a torn last line is dropped by the resume (truncate_after)
+            from mhc_lm.train.checkpoint import latest_checkpoint
+            from mhc_lm.train.faults import write_fault
+
+            fault = write_fault(err, self.path, self.path.parent, latest_checkpoint(self.path.parent))
+            if fault is None:
+                raise
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()  # flushes the torn buffer once more: may fail again
+            except OSError:
+                pass
+            raise fault from err
 
     def close(self) -> None:
         if self._fh is not None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from mhc_lm.config_utils import ConfigError, flatten_dict, to_dict
 from mhc_lm.run_dir import Divergence, RunDir
 from mhc_lm.train import checkpoint as ckpt_lib
-from mhc_lm.train import init_from
+from mhc_lm.train import init_from, run_lock, state_io
 from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, resolved, save_config
 from mhc_lm.train.data import DataBundle, build_data
 from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
@@ -67,8 +67,8 @@ class Trainer:
         optimizer = build_optimizer(model, config.optim, acc.device.type)
         self.scheduler = build_scheduler(optimizer, config.optim, config.train.max_steps)
         # the scheduler stays out of prepare(): Accelerate would step it once per process
+        # nor is it registered for checkpointing (Accelerate would pickle it): its state goes into trainer_state.json
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        acc.register_for_checkpointing(self.scheduler)
         self.unwrapped_model = acc.unwrap_model(self.model)
 
         self.step = 0
@@ -140,7 +140,11 @@ class Trainer:
                               f"{ckpt_lib.STATE_FILE} in it); use auto, none or the path of a checkpoints/step_* folder")
         return path
 
-    def _check_previous_run(self, resume_path: Path | None) -> None:
+    def _resume_settings(self) -> dict:
+        return state_io.resume_settings(to_dict(resolved(self.config, self.unwrapped_model.config)),
+                                        ckpt_lib.RESUME_FIXED)
+
+    def _check_previous_run(self, resume_path: Path | None, resume_state: dict | None = None) -> None:
         """Refuse to mix two runs in one run_dir, or a run with files that are not a run's (before
         anything in it is written)."""
         run_dir, cfg = self.run_dir, self.config
@@ -151,7 +155,8 @@ class Trainer:
             # every start writes config.yaml then meta.json before anything else: a folder holding other
             # files but no meta.json was not written by a run (a kill between the two leaves config.yaml)
             others = sorted(p.name for p in run_dir.iterdir()
-                            if p.name not in ("config.yaml", "checkpoints") and not p.name.endswith(".tmp"))
+                            if p.name not in ("config.yaml", "checkpoints", run_lock.LOCK_FILE)
+                            and not p.name.endswith(".tmp"))
             if others:
                 raise ConfigError(
                     f"run_dir={run_dir} already holds files that are not from a training run ({', '.join(others[:5])}"
@@ -162,11 +167,15 @@ class Trainer:
                 f"{run_dir} already holds a run (checkpoints/ or metrics.jsonl) and checkpoint.resume=none: a new run "
                 "would mix its logs and checkpoints with the old ones. Fix: choose a new run_dir, delete the old "
                 "one, or resume it (checkpoint.resume=auto)")
-        old_path = (resume_path.parents[1] if resume_path is not None else run_dir) / "config.yaml"
-        if resume_path is None or not old_path.is_file():
+        if resume_path is None:
             return
-        old = to_dict(resolved(load_run_config(old_path)))
-        new = to_dict(resolved(self.config, self.unwrapped_model.config))
+        old = (resume_state or {}).get("settings")  # stored in the checkpoint; config.yaml for older ones
+        old_path = resume_path.parents[1] / "config.yaml"
+        if old is None and not old_path.is_file():
+            return
+        if old is None:
+            old = state_io.resume_settings(to_dict(resolved(load_run_config(old_path))), ckpt_lib.RESUME_FIXED)
+        new = self._resume_settings()
         diffs = ckpt_lib.resume_setting_diffs(old, new)
         if diffs:
             raise ConfigError(
@@ -177,17 +186,26 @@ class Trainer:
             print(f"[mhc-lm] train.max_steps {old['train']['max_steps']} -> {new['train']['max_steps']}: the LR "
                   "schedule follows the new length from the resumed step on", flush=True)
 
-    def _resume(self, path: Path | None, state: dict | None = None) -> None:
+    def _clear_previous_attempt(self, path: Path | None) -> None:
+        """After every check passed and the run records are written: DIVERGED of an earlier attempt
+        removed, metrics.jsonl cut back to the resumed step."""
         acc = self.accelerator
         earlier = RunDir(self.run_dir).clear_divergence() if acc.is_main_process else None
         if earlier is not None:  # an earlier attempt diverged: this one retries
             print(f"[mhc-lm] {self.run_dir / 'DIVERGED'} from an earlier attempt: {earlier.message} (file removed, "
                   "retrying)", flush=True)
+        if acc.is_main_process:
+            # a run that died before its first checkpoint starts the log over; a resumed one drops later lines
+            self.writer.truncate_after(self.step if path is not None else -1)
+            if path is not None:
+                print(f"[mhc-lm] resumed from {path} at step {self.step}", flush=True)
+
+    def _resume(self, path: Path | None, state: dict | None = None) -> None:
+        """Load the checkpoint into the model, optimizer, scheduler, data loader and callbacks (no file is written)."""
         if path is None:
-            if acc.is_main_process:
-                self.writer.truncate_after(-1)  # a run that died before its first checkpoint: start the log over
             return
         state = ckpt_lib.load_checkpoint(self.accelerator, path, state)
+        state_io.load_scheduler_state(self.scheduler, state)
         self.step, self.tokens = state["step"], state["tokens"]
         self._last_saved_step = self.step
         loader_state = state["loader_states"][self.accelerator.process_index]
@@ -197,9 +215,6 @@ class Trainer:
         for key, cb in self._stateful_callbacks().items():
             if key in saved:
                 cb.load_state_dict(saved[key])
-        if self.accelerator.is_main_process:
-            self.writer.truncate_after(self.step)
-            print(f"[mhc-lm] resumed from {path} at step {self.step}", flush=True)
 
     # ---------------------------------------------------------------- signals
     def _install_signal_handlers(self) -> dict:
@@ -221,7 +236,8 @@ class Trainer:
     def save_checkpoint(self, _fault_hook=None) -> Path:
         loader = self.data.train_loader
         loader_state = loader.state_dict() if hasattr(loader, "state_dict") else None
-        state = {"tokens": self.tokens, "callbacks": self._callback_states()}
+        state = {"tokens": self.tokens, "callbacks": self._callback_states(),
+                 "scheduler": state_io.scheduler_state(self.scheduler), "settings": self._resume_settings()}
         path = ckpt_lib.save_checkpoint(self.accelerator, self.run_dir, self.step, state,
                                         loader_state, self.config.checkpoint.keep_last, _fault_hook=_fault_hook)
         self._last_saved_step = self.step
@@ -301,23 +317,34 @@ class Trainer:
                 return
         self._diverged(loss, gn)
 
-    def _diverged(self, loss: float, grad_norm: float):
+    def _diverged(self, loss: float, grad_norm: float, what: str | None = None, step: int | None = None):
         last = ckpt_lib.latest_checkpoint(self.run_dir)
-        msg = (f"non-finite loss/grad norm at step {self.step + 1} (loss={loss}, grad_norm={grad_norm}); "
+        step = self.step + 1 if step is None else step
+        what = what or f"non-finite loss/grad norm at step {step} (loss={loss}, grad_norm={grad_norm})"
+        msg = (f"{what}; "
                f"stopping without saving. Last good checkpoint: {last or 'none'}. "
                "Try a lower optim.lr, more optim.warmup_steps, or train.grad_clip; resume restarts from it.")
         if self.accelerator.is_main_process:
-            RunDir(self.run_dir).write_divergence(Divergence.at(self.step + 1, loss, grad_norm, last, msg))
+            RunDir(self.run_dir).write_divergence(Divergence.at(step, loss, grad_norm, last, msg))
         raise TrainingDiverged(msg)
 
     def fit(self) -> str:
         """Train to max_steps (or until SIGTERM/SIGINT). Returns "completed" or "interrupted"."""
+        lock = run_lock.acquire_for_run(self.accelerator, self.run_dir)  # before anything in run_dir is read or written
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> str:
         acc, cfg = self.accelerator, self.config
         resume_path = self._resume_path()
-        self._check_previous_run(resume_path)
         resume_state = ckpt_lib.read_state(resume_path) if resume_path is not None else None
-        self._prepare_run_dir(resume_state["step"] if resume_state is not None else 0)
-        self._resume(resume_path, resume_state)
+        self._check_previous_run(resume_path, resume_state)
+        self._resume(resume_path, resume_state)  # every check first: nothing is written before they pass
+        self._prepare_run_dir(self.step)
+        self._clear_previous_attempt(resume_path)
         start_step = self.step
         previous = self._install_signal_handlers()
         for cb in self.callbacks:

@@ -1,10 +1,29 @@
 """Tiny configs and steps shared by the model tests."""
 
+import contextlib
+
 import torch
 
 from mhc_lm.model import MhcLmConfig
 
 MODES = ("standard", "hc", "mhc", "grid")
+
+# Cross-process comparisons (a model saved here, reloaded in a fresh process): both sides run torch
+# on one thread, so the BLAS picks the same kernels and reduction order however loaded the machine
+# is, and logits are compared with a tolerance far below what a wrong reload changes (a missing or
+# re-initialised tensor moves logits by 1e-2 or more).
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+RELOAD_ATOL = 1e-5
+
+
+@contextlib.contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tiny_config(mode: str = "standard", **overrides) -> MhcLmConfig:
