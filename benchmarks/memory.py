@@ -32,12 +32,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# the profiler of method 2 (libkineto) prints a `USDT: ... profiler_start` / `profiler_stop` line on
+# stderr per profiled forward (256 for --shapes tiny); its levels end at USDT (5), so 6 silences it
+# (its warnings and errors too: method 2 is a cross-check). Read when a profile starts.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 import torch  # noqa: E402
 

@@ -199,6 +199,9 @@ class LoggingConfig:
     """Peak dense TFLOP/s of one device for MFU; None = a known GPU's bf16 peak, else no MFU."""
     progress_bar: bool = True
     """tqdm bar on the main process when stderr is a terminal (none in a log file: metrics.jsonl has every step)."""
+    progress_every_s: float = 10.0
+    """stdout not a terminal: a plain progress line every log_every steps, at most one per this many seconds
+    (plus the first and last step; 0 = every log_every steps; mhc_lm/train/progress.py)."""
 
 
 @dataclass
@@ -247,6 +250,8 @@ class RunConfig:
             ("train.eval_batches", t.eval_batches, t.eval_batches >= 1, ">= 1"),
             ("checkpoint.every", self.checkpoint.every, self.checkpoint.every >= 0, ">= 0 (0 = on signals and at the end)"),
             ("logging.log_every", self.logging.log_every, self.logging.log_every >= 1, ">= 1"),
+            ("logging.progress_every_s", self.logging.progress_every_s,
+             math.isfinite(self.logging.progress_every_s) and self.logging.progress_every_s >= 0, ">= 0"),
         ]
         for name, value, ok, want in checks:
             if not ok:
