@@ -1,4 +1,4 @@
-"""Cost per token of each H_res map (issue 13), side by side: projection + map, forward + backward.
+"""Cost per token of each H_res map, side by side: projection + map, forward + backward.
 
     python benchmarks/maps.py                 # CPU, 1 thread: C = 2048, n = 4, 8, 16, N = 256 tokens (~1 min)
     python benchmarks/mixing.py --maps        # the same table

@@ -1,7 +1,7 @@
-"""Activation memory of the residual modes and of `model.mixing_recompute` (issue 12).
+"""Activation memory of the residual modes and of `model.mixing_recompute` (docs/performance.md).
 
     python benchmarks/memory.py                      # tiny + 1B width, fp32 + bf16, every setting (~10 min CPU)
-    python benchmarks/memory.py --shapes tiny        # the issue's shape only (~1 min)
+    python benchmarks/memory.py --shapes tiny        # the tiny shape only (~1 min)
     python benchmarks/memory.py --step-time          # + CPU step time of each setting (tiny shape)
 
 For every mode (standard, hc, mhc, grid) and recompute setting (none, sublayer, block) it
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -39,12 +40,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# the profiler of method 2 (libkineto) prints a `USDT: ... profiler_start` / `profiler_stop` line on
+# stderr per profiled forward (256 for --shapes tiny); its levels end at USDT (5), so 6 silences it
+# (its warnings and errors too: method 2 is a cross-check). Read when a profile starts.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
 import torch  # noqa: E402
 
 from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM  # noqa: E402
 
 SHAPES = {
-    # the issue's measurement: C = 512, 2 x 256 tokens
+    # the tiny shape: C = 512, 2 x 256 tokens
     "tiny": dict(model=dict(vocab_size=4096, hidden_size=512, intermediate_size=1376, num_attention_heads=8,
                             num_key_value_heads=8), full_layers=4, batch=2, seq=256),
     "1b": dict(model=dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_attention_heads=16,

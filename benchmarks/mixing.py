@@ -3,7 +3,7 @@
     python benchmarks/mixing.py                  # CPU: small shapes, reference vs torch.compile (~1 min)
     python benchmarks/mixing.py --sweep          # GPU: 1B shape (N = 8 x 2048, C = 2048, n = 4) + C / n sweep
     python benchmarks/mixing.py --peak-gbs 3350  # bandwidth to report % of, when the device is not in the table
-    python benchmarks/mixing.py --maps           # only the H_res map table (benchmarks/maps.py, issue 13)
+    python benchmarks/mixing.py --maps           # only the H_res map table (benchmarks/maps.py)
 
 Three tables, measured in one run (see docs/kernels.md for how to read them):
 1. ops: forward + backward of each mixing op (mHC coefficients, Sinkhorn, pre-mix, post + residual)

@@ -1,4 +1,4 @@
-"""What one Sinkhorn projection costs on CPU, and the forms that were tried instead (issue 12).
+"""What one Sinkhorn projection costs on CPU, and the forms that were tried instead.
 
     python benchmarks/sinkhorn_cpu.py                    # N = 1024 tokens, n = 4, 20 iterations, 2 threads
     python benchmarks/sinkhorn_cpu.py --tokens 4096 --no-compile

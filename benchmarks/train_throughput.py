@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py --steps 30 --batch 4 --seq 256
     python benchmarks/train_throughput.py --hidden 256 --ffn 688 --vocab 4096 --batch 4 --seq 256 \
         --threads 2 --fwd-bwd-only --variants standard,hc,mhc,grid,hc:sublayer,hc:block,mhc:sublayer,mhc:block
-                                                          # issue 12's step-time shape, recompute settings
+                                                          # the step-time shape, recompute settings
     python benchmarks/train_throughput.py --hidden 256 --ffn 688 --vocab 4096 --batch 4 --seq 256 \
         --threads 2 --fwd-bwd-only --variants standard,hc,mhc,standard+compile,hc+compile,mhc+compile
                                                           # torch.compile of every decoder layer (train.compile),
@@ -29,7 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODES = ("standard", "hc", "mhc", "grid")
+from mhc_lm.model.residual_modes import RESIDUAL_MODES  # noqa: E402
+
+MODES = tuple(RESIDUAL_MODES)
 
 
 def main(argv: list[str] | None = None) -> int:

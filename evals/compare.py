@@ -7,13 +7,14 @@
 Runs are grouped by residual mode (config.yaml `model.residual_mode`, else hf/config.json; mhc with
 a non-default `model.h_res_map` as `mhc[MAP]`; `--group-by KEY` adds settings such as optim.lr to
 the label); the runs of a group are its replicate seeds. Writes to --out (default: `compare/` in
-the folder holding the runs): report.md (headline table, one verdict line per group, warnings,
-Welch tests, all metrics), report.html, summary.json, and loss.png, grad_norm.png, spikes.png,
-amax.png, vanished.png (those with data).
+the folder holding the runs): report.md (headline table, the stability findings with their tests,
+one verdict line per group, warnings, Welch tests, all metrics), report.html, summary.json, and
+loss.png, grad_norm.png, spikes.png, amax.png, vanished.png (those with data).
 
 Statistics (scipy): mean and sample std (ddof = 1) over seeds, a 95% t-interval, Welch's t-test of
-each group against `--baseline` (default standard) for final val loss, loss and grad-norm spike
-counts, max composite Amax and tokens/s, and for val loss without a detectable difference the seeds
+each group against `--baseline` (default standard) for final val loss, the stability metrics (max
+composite Amax, loss and grad-norm spike counts, skipped steps and rewinds of the spike policy, max
+grad norm and max grad norm before the spike detector is armed) and tokens/s, and for val loss without a detectable difference the seeds
 per group that would give 80% power to detect `--effect` (default: the observed difference) at the
 observed spread. A single-seed group gets no interval or test. Final losses of diverged runs are
 left out of the statistics. Column definitions: docs/stability.md.
@@ -42,7 +43,7 @@ from mhc_lm.run_dir import RunDir  # noqa: E402
 from evals.comparison.load import (MODE_ORDER, Run, check_distinct, group, group_label, load_run,  # noqa: E402,F401
                                    warn_mixed_settings, warn_uneven_lengths)
 from evals.comparison.plots import make_plots  # noqa: E402
-from evals.comparison.report import headline_rows, table_rows, write_reports  # noqa: E402,F401
+from evals.comparison.report import headline_rows, stability_section, table_rows, write_reports  # noqa: E402,F401
 from evals.comparison.summary import summarize, summarize_run  # noqa: E402,F401
 
 DEFAULT_BASELINE = "standard"
@@ -90,7 +91,8 @@ def compare(run_dirs: list[Path], out: Path, final_window: int = 10, probe: bool
     pngs = make_plots(groups, out) if plots else []
     verdicts, notes = write_reports(summary, groups, base, note, pngs, out, effect)
     if report is not None:
-        report.update(baseline=base, headline=headline_rows(summary, base), verdicts=verdicts, warnings=notes)
+        report.update(baseline=base, headline=headline_rows(summary, base), verdicts=verdicts, warnings=notes,
+                      stability=stability_section(summary, groups, base))
     return summary
 
 
@@ -140,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     for line in [header] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+    answer, findings = written["stability"]
+    print(answer)
+    for line in findings:
+        print("  " + line.replace("**", ""))
     for v in written["verdicts"]:
         print(v.replace("**", ""))
     for n in written["warnings"]:

@@ -172,8 +172,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         m = rec["metrics"]
         keys = ["amax/fwd/composite", "amax/bwd/composite"] + [k for k in m if k.startswith("vanished/")] + ["grad_std"]
-        print(f"{run_dir} ({rec['residual_mode']}): " + ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m))
+        print(f"{run_dir} ({rec['residual_mode']}): " + ", ".join(format_metric(k, m[k]) for k in keys if k in m))
     return 0
+
+
+def format_metric(key: str, value: float) -> str:
+    """`key=value` as printed; vanished ratios in percent, as evals.compare's report shows them
+    (stability.json keeps the fractions)."""
+    if key.startswith("vanished"):
+        return f"{key}={100 * value:.4g}%"
+    return f"{key}={value:.4g}"
 
 
 if __name__ == "__main__":

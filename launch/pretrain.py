@@ -9,8 +9,12 @@
 
 Overrides are dotted `section.key=value` pairs (CLI > file > defaults). An existing run_dir is
 resumed from its latest complete checkpoint (checkpoint.resume=auto); SIGTERM/SIGINT write a
-checkpoint and stop. Exit codes: 0 completed, 2 bad config (or a run_dir / checkpoint that cannot
-be used), 3 diverged, 4 interrupted by a signal (checkpoint written: rerun the same command to
+checkpoint and stop. `--dry-run` prints what the run needs (parameters, tokens, memory per device
+for each configs/accelerate/ strategy, data source, resume point) without touching data or GPUs;
+every run prints the same at its start, and one that does not fit the machine (or a GPU-sized run
+on a machine without CUDA, unless --allow-cpu) stops with exit 2 (mhc_lm/train/plan.py).
+Exit codes: 0 completed, 2 bad config (or a run_dir / checkpoint that cannot be used, or a run
+that does not fit), 3 diverged, 4 interrupted by a signal (checkpoint written: rerun the same command to
 resume), so `pretrain.py ... && next-step` never goes on with an unfinished run.
 `--resume-with KEY=VALUE` (repeatable) resumes with a sanctioned change of a setting that resume
 otherwise refuses to change (optim.lr, optim.warmup_steps, optim.min_lr_ratio, optim.z_loss,
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
     parser.add_argument("--resume", default=None, help="checkpoint dir, 'auto' or 'none' (= checkpoint.resume)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print parameters, tokens, memory per strategy, data source and resume point; exit")
+    parser.add_argument("--allow-cpu", action="store_true", help="train a GPU-sized run on CPU anyway (debugging)")
     parser.add_argument("--resume-with", action="append", default=[], metavar="KEY=VALUE",
                         help="resume with this sanctioned change (repeatable), e.g. --resume-with optim.lr=1e-3")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
@@ -54,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    from mhc_lm.train.plan import preflight
+
+    code = preflight(config, dry_run=args.dry_run, allow_cpu=args.allow_cpu)  # the plan; exit 2 if it cannot fit
+    if code is not None:
+        return code
     from mhc_lm.train.distributed import shutdown
     from mhc_lm.train.checkpoint import latest_checkpoint
     from mhc_lm.train.faults import as_write_fault

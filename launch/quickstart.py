@@ -6,7 +6,8 @@ CPU, export each as a Hugging Face folder, and plot their loss curves side by si
     python launch/quickstart.py train.batch_size=16 --steps 200   # dotted overrides before --modes
 
 Outputs under runs/quickstart/: {standard,hc,mhc,grid}/ (run dirs with metrics.jsonl,
-checkpoints/, hf/), loss_curves.png and summary.json. Rerunning resumes or reuses finished runs.
+checkpoints/, hf/), loss_curves.png and summary.json. Rerunning resumes or reuses finished runs (a
+reused run keeps the wall_s summary.json gave it when it trained).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODES = ("standard", "hc", "mhc", "grid")
+from mhc_lm.model.residual_modes import RESIDUAL_MODES  # noqa: E402
+
+MODES = tuple(RESIDUAL_MODES)
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:
@@ -62,6 +65,25 @@ def plot(out_dir: Path, modes: list[str]) -> Path:
     return path
 
 
+def read_summary(path: Path) -> dict:
+    """An earlier summary.json ({} when absent or unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    """The run already logged its last training step (a rerun trains nothing)."""
+    from mhc_lm.train.run_log import read_metrics
+
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    return any(r.get("step") == steps and "loss" in r for r in read_metrics(metrics))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny_cpu.yaml")
@@ -94,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[quickstart] preparing the embedded corpus -> {base.data.out_dir}", flush=True)
     data.prepare_data(base.data)
     summary = {}
+    old_summary = read_summary(args.out / "summary.json")
     for mode, cfg in zip(args.modes, configs):
         print(f"[quickstart] training residual_mode={mode} for {args.steps} steps -> {cfg.run_dir}", flush=True)
         t0 = time.time()
+        finished = _finished(Path(cfg.run_dir), args.steps)  # a finished run is reused: its wall time stays
         torch.manual_seed(cfg.train.seed)
         try:
             status = train.Trainer(cfg, callbacks=build_callbacks(cfg)).fit()
@@ -115,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_train_loss": sum(r["loss"] for r in tail) / len(tail),
             "final_val_loss": val[-1] if val else None,
             "tokens_per_s": sum(r["tokens_per_s"] for r in tail) / len(tail),
-            "wall_s": round(time.time() - t0, 1),
+            "wall_s": (old_summary.get(mode, {}).get("wall_s") if finished else None) or round(time.time() - t0, 1),
             "hf_dir": str(Path(cfg.run_dir) / "hf"),
         }
     png = plot(args.out, args.modes)

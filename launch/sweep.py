@@ -34,7 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MODES = ("standard", "hc", "mhc", "grid")
+from mhc_lm.model.residual_modes import RESIDUAL_MODES  # noqa: E402
+
+MODES = tuple(RESIDUAL_MODES)
 SET_BY_SWEEP = ("model.residual_mode", "train.seed", "run_dir")  # one value per run: not overridable
 EXIT_INTERRUPTED = 4  # launch/pretrain.py: stopped by a signal, checkpoint written
 
@@ -53,11 +55,11 @@ def parse_modes(text: str) -> list[str]:
     if bad or not modes:
         raise SystemExit(f"--modes: {bad or text!r} not in {list(MODES)} (comma-separated, e.g. standard,mhc or "
                          "mhc[kronecker])")
-    from mhc_lm.model.configuration_mhc_lm import H_RES_MAPS
+    from mhc_lm.model.h_res_maps import H_RES_MAPS
 
     for m in modes:
         mode, h_res_map = split_mode(m)
-        if h_res_map is not None and (mode != "mhc" or h_res_map not in H_RES_MAPS):
+        if h_res_map is not None and (not RESIDUAL_MODES[mode].uses_h_res_map or h_res_map not in H_RES_MAPS):
             raise SystemExit(f"--modes: {m!r}: a map in brackets is for mhc only, one of {list(H_RES_MAPS)} "
                              "(e.g. mhc[kronecker])")
     if len(set(modes)) != len(modes):

@@ -28,11 +28,8 @@ LAYERS = (
 )
 
 
-# Arrows still to be removed; the checks below ignore them (delete an entry once its arrow is gone):
-#   - the kernels become a leaf: they will no longer import the model's reference Sinkhorn.
-PENDING = {
-    ("mhc_lm.kernels.sinkhorn", "mhc_lm.model.sinkhorn"),
-}
+# Arrows still to be removed; the checks below ignore them (delete an entry once its arrow is gone).
+PENDING: set[tuple[str, str]] = set()
 
 
 def modules() -> dict[str, Path]:

@@ -12,9 +12,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mhc_lm.config_utils import flatten_dict
+from mhc_lm.model.residual_modes import RESIDUAL_MODES
 from mhc_lm.run_dir import RunDir, RunDirError, dotted_get
 
-MODE_ORDER = ("standard", "hc", "mhc", "grid")
+MODE_ORDER = tuple(RESIDUAL_MODES)
 DEFAULT_H_RES_MAP = "sinkhorn"  # mhc's default H_res map: left out of the group label
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -11,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .load import MODE_ORDER, Run
-from .summary import BACKBONE_KEYS, EPS_KEYS, grad_norm_spike_curve, spike_curve, spike_settings
+from .summary import BACKBONE_KEYS, EPS_KEYS, grad_norm_extremes, grad_norm_spike_curve, spike_curve, spike_settings
 
 IDENTITY_MODES = ("standard", "grid")  # composite Amax is 1 by definition (identity residual / mean merges)
 AMAX_FLOOR = 0.5  # the Amax axis never zooms closer than [0.5, 2]: 0.99999 must not look far from 1
@@ -27,6 +28,7 @@ class Panel:
     logy: bool = False
     amax: bool = False  # floor the axis, draw modes that are 1 by definition faintly
     armed: bool = False  # shade the steps before the spike detector is armed; no curve there
+    early_grad_norm: bool = False  # write each group's largest grad norm of those steps into the shading
 
 
 def band(runs: list[Run], key: str, train_only: bool = False, curve=None):
@@ -93,6 +95,10 @@ def _draw(ax, groups: dict[str, list[Run]], spec: Panel) -> bool:
         window = max(armed_step(runs) for runs in groups.values())
         ax.axvspan(0, window, color="gray", alpha=0.15, linewidth=0,
                    label=f"detector not armed (first {window} steps)")
+        if spec.early_grad_norm:  # what the detector cannot count: the warm-up excursions
+            maxima = [(label, max(grad_norm_extremes(r)[1] for r in runs)) for label, runs in groups.items()]
+            text = "max grad norm here:\n" + "\n".join(f"{label} {m:.3g}" for label, m in maxima if np.isfinite(m))
+            ax.text(0.02, 0.5, text, transform=ax.transAxes, fontsize=7, va="center", color="dimgray")
     if spec.logy:
         ax.set_yscale("log")
     if spec.amax and lows:
@@ -121,7 +127,8 @@ def plot_panels(groups: dict[str, list[Run]], out: Path, name: str, title: str, 
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
     path = None
     if any_data:
-        fig.suptitle(title)
+        # wrapped to the figure's width: a one-panel figure (grad_norm.png) is narrower than its title
+        fig.suptitle(textwrap.fill(title, width=60 * len(panels)), fontsize=11)
         fig.tight_layout()
         path = _save(fig, out / f"{name}.png")
     plt.close(fig)
@@ -139,13 +146,23 @@ def streams_plot(groups: dict[str, list[Run]], out: Path) -> Path | None:
                         Panel("h_res/composite_dist_uniform", "composite product: distance from J/n")])
 
 
+def band_note_for(groups: dict[str, list[Run]]) -> str:
+    """What the shading means: a band only for groups with >= 2 seeds (1 seed: the run's own curve)."""
+    seeds = [len(runs) for runs in groups.values()]
+    if max(seeds) < 2:
+        return "1 seed per group: the run's curve, no band"
+    if min(seeds) < 2:
+        return "mean over seeds, band = ± 1 sample std where a group has >= 2 seeds"
+    return "mean over seeds, band = ± 1 sample std"
+
+
 def make_plots(groups: dict[str, list[Run]], out: Path) -> list[Path]:
     every = [r for runs in groups.values() for r in runs]
     window, sigma, _ = spike_settings(every[0].metrics_config)
     has_backbone = any(len(r.series(BACKBONE_KEYS[0])[0]) or BACKBONE_KEYS[0] in r.stability for r in every)
     vanished_keys, which = (BACKBONE_KEYS, "backbone (without the hc/mhc mixing parameters)") if has_backbone else (
         EPS_KEYS, "all parameters (no backbone ratio logged; mHC's raw ratio is inflated by its phi gradients)")
-    band_note = "mean over seeds, band = +- 1 sample std"
+    band_note = band_note_for(groups)
     plots = [
         plot_panels(groups, out, "loss", f"loss ({band_note})",
                     [Panel("loss", "train loss", train_only=True), Panel("val_loss", "validation loss")]),
@@ -155,7 +172,7 @@ def make_plots(groups: dict[str, list[Run]], out: Path) -> list[Path]:
                     f"({band_note})",
                     [Panel("spike/loss_count", "cumulative loss spikes", curve=spike_curve, armed=True),
                      Panel("spike/grad_norm_count", "cumulative grad-norm spikes", curve=grad_norm_spike_curve,
-                           armed=True),
+                           armed=True, early_grad_norm=True),
                      Panel("loss_volatility", "loss volatility")]),
         plot_panels(groups, out, "amax", "Amax gain of the composite residual mixing (log scale; 1 = no gain)",
                     [Panel("amax/fwd/composite", "forward (max |row sum|)", logy=True, amax=True),

@@ -11,13 +11,16 @@ from pathlib import Path
 
 from scipy import stats as scipy_stats
 
+from .findings import finding_lines, summary_line
 from .load import Run
 from .stats import ALPHA, CONFIDENCE, POWER, format_p, pooled_sd, seeds_needed
 from .summary import BACKBONE_KEYS, EPS_KEYS, spike_settings, used_values
 
 MIN_SEEDS = 3  # fewer: a warning (the t-interval of 2 seeds is 12.7 standard errors wide on each side)
 TEST_NAMES = {"final_val_loss": "val loss", "loss_spikes": "loss spikes", "grad_norm_spikes": "grad-norm spikes",
-              "max_amax_fwd": "max Amax fwd", "tokens_per_s": "tokens/s"}
+              "max_amax_fwd": "max Amax fwd", "n_skips": "skipped steps", "n_rewinds": "rewinds",
+              "max_grad_norm": "max grad norm", "early_max_grad_norm": "max grad norm before armed",
+              "tokens_per_s": "tokens/s"}
 COLUMNS = [
     ("final_train_loss", "final train loss", "{:.4f}"), ("final_val_loss", "final val loss", "{:.4f}"),
     ("loss_spikes", "loss spikes", "{:.1f}"), ("spike_score", "spike score %", "{:.3f}"),
@@ -25,11 +28,13 @@ COLUMNS = [
     ("max_amax_fwd", "max Amax fwd", "{:.4g}"), ("max_amax_bwd", "max Amax bwd", "{:.4g}"),
     *[(k, f"vanished {k.split('/')[1]} %", "{:.3f}") for k in EPS_KEYS],
     *[(k, f"backbone vanished {k.split('/')[1]} %", "{:.3f}") for k in BACKBONE_KEYS],
-    ("grad_std", "grad std", "{:.3e}"), ("tokens_per_s", "tokens/s", "{:.0f}"),
+    ("grad_std", "grad std", "{:.3e}"), ("max_grad_norm", "max grad norm", "{:.4g}"),
+    ("early_max_grad_norm", "max grad norm before armed", "{:.4g}"), ("n_skips", "skips", "{:.3g}"),
+    ("n_rewinds", "rewinds", "{:.3g}"), ("tokens_per_s", "tokens/s", "{:.0f}"),
 ]
 PERCENT = set(EPS_KEYS + BACKBONE_KEYS)
 HEADLINE = ["group", "seeds", "val loss ± 95% CI", "Δ val loss vs {base} [95% CI], p", "loss / grad-norm spikes",
-            "max Amax fwd", "diverged", "tokens/s"]
+            "max Amax fwd", "max grad norm", "skips / rewinds", "diverged", "tokens/s"]
 
 
 def _f(x: float, fmt: str = "{:.4f}") -> str:
@@ -46,10 +51,17 @@ def cell(stat: dict, fmt: str, percent: bool) -> str:
 
 
 def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The detailed table, without the columns that are n/a in every group (not logged by any run)."""
     header = ["group", "seeds"] + [c[1] for c in COLUMNS]
     rows = [[name, str(len(row["seeds"]))] + [cell(row[k], f, k in PERCENT) for k, _, f in COLUMNS]
             for name, row in summary.items()]
-    return header, rows
+    keep = [i for i in range(len(header)) if i < 2 or any(r[i] != "n/a" for r in rows)]
+    return [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
+
+
+def empty_columns(summary: dict) -> list[str]:
+    """Names of the detailed columns that table_rows drops (n/a everywhere)."""
+    return [name for key, name, _ in COLUMNS if all(not math.isfinite(row[key]["mean"]) for row in summary.values())]
 
 
 def headline_rows(summary: dict, baseline: str) -> tuple[list[str], list[list[str]]]:
@@ -71,8 +83,10 @@ def headline_rows(summary: dict, baseline: str) -> tuple[list[str], list[list[st
                      if math.isfinite(w["p"]) else (f"{w['diff']:+.4f} (no test: 1 seed)"
                                                     if math.isfinite(w["diff"]) else "n/a"))
         spikes = f"{_f(row['loss_spikes']['mean'], '{:.1f}')} / {_f(row['grad_norm_spikes']['mean'], '{:.1f}')}"
+        events = f"{_f(row['n_skips']['mean'], '{:.3g}')} / {_f(row['n_rewinds']['mean'], '{:.3g}')}"
         tps = row["tokens_per_s"]["mean"]
         rows.append([name, str(len(row["seeds"])), val_text, delta, spikes, _f(row["max_amax_fwd"]["mean"], "{:.4g}"),
+                     _f(row["max_grad_norm"]["mean"], "{:.4g}"), events,
                      f"{len(row['diverged'])}/{len(row['seeds'])}", f"{tps:,.0f}" if math.isfinite(tps) else "n/a"])
     return header, rows
 
@@ -166,6 +180,26 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def stability_section(summary: dict, groups: dict[str, list[Run]], baseline: str) -> tuple[str, list[str]]:
+    """(one-sentence answer, one line per stability metric) for the report's Stability section."""
+    first = next(r for rs in groups.values() for r in rs)
+    window = spike_settings(first.metrics_config)[2]
+    return summary_line(summary, baseline), finding_lines(summary, baseline, window)
+
+
+def welch_rows(summary: dict) -> tuple[list[list[str]], list[str]]:
+    """(rows with a p-value, "group metric" of the tests that have none: fewer than 2 seeds or no spread)."""
+    rows, untested = [], []
+    for name, row in summary.items():
+        for k, t in row.get("vs_baseline", {}).items():
+            if not math.isfinite(t["p"]):
+                untested.append(f"{name} {TEST_NAMES[k]}")
+                continue
+            rows.append([name, TEST_NAMES[k], _f(t["diff"], "{:+.4g}"), f"[{t['ci_low']:+.4g}, {t['ci_high']:+.4g}]",
+                         format_p(t["p"]), f"{t['n']} vs {t['n_baseline']}"])
+    return rows, untested
+
+
 def build_markdown(summary: dict, groups: dict[str, list[Run]], baseline: str, notes: list[str],
                    verdicts: list[str], plots: list[Path]) -> str:
     runs = [r for rs in groups.values() for r in rs]
@@ -174,24 +208,30 @@ def build_markdown(summary: dict, groups: dict[str, list[Run]], baseline: str, n
           "t-interval over seeds; Δ = group − baseline with the 95% interval and p-value of Welch's t-test. "
           "Definitions: docs/stability.md.", ""]
     md += _md_table(*headline_rows(summary, baseline))
+    answer, findings = stability_section(summary, groups, baseline)
+    md += ["", "## Stability", "", answer, ""] + [f"- {line}" for line in findings]
     md += ["", "## Verdict", ""] + [f"- {v}" for v in verdicts]
     if notes:
         md += ["", "## Warnings", ""] + [f"- {n}" for n in notes]
-    tested = [[name, TEST_NAMES[k], _f(t["diff"], "{:+.4g}"),
-               f"[{t['ci_low']:+.4g}, {t['ci_high']:+.4g}]" if math.isfinite(t["ci_low"]) else "n/a",
-               format_p(t["p"]) if math.isfinite(t["p"]) else "n/a (no spread)" if t["n"] > 1 and t["n_baseline"] > 1
-               and math.isfinite(t["diff"]) else "n/a",
-               f"{t['n']} vs {t['n_baseline']}"]
-              for name, row in summary.items() if "vs_baseline" in row for k, t in row["vs_baseline"].items()]
+    tested, untested = welch_rows(summary)
+    if tested or untested:
+        md += ["", f"## Welch t-tests against {baseline}", ""]
     if tested:
-        md += ["", f"## Welch t-tests against {baseline}", "",
-               f"p-values are per test, not corrected for the {len(tested)} tests made.", ""]
+        md += [f"p-values are per test, not corrected for the {len(tested)} tests made.", ""]
         md += _md_table(["group", "metric", "Δ (group − baseline)", "95% CI of Δ", "p", "seeds"], tested)
+    if untested and tested:
+        md += ["", f"No test (a group with 1 seed, or no spread in either group) for: {', '.join(untested)}."]
+    elif untested:
+        md += ["No Welch test could be made: every comparison has a group with 1 seed or no spread in either "
+               "group (the values are in the tables above and below)."]
     md += ["", "## All metrics", "",
            "Mean ± sample std (ddof = 1) over seeds; one seed: its value alone. Amax is 1 by definition for standard "
            "and grid (identity residual / mean merges). Backbone vanished ratios leave out the hc/mhc mixing "
            "parameters (compare modes on those).", ""]
     md += _md_table(*table_rows(summary))
+    empty = empty_columns(summary)
+    if empty:
+        md += ["", f"Not logged by any run (columns left out): {', '.join(empty)}."]
     md += ["", "## Runs", ""] + [f"- `{r.path}`: {r.group}, seed {r.seed}, {len(r.records)} log lines"
                                  + (f", **diverged**: {r.diverged[:200]}" if r.diverged else "") for r in runs]
     md += [""] + [f"![{p.stem}]({p.name})" for p in plots]
@@ -205,9 +245,12 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
-def build_html(summary: dict, baseline: str, notes: list[str], verdicts: list[str], plots: list[Path]) -> str:
+def build_html(summary: dict, baseline: str, notes: list[str], verdicts: list[str], plots: list[Path],
+               stability: tuple[str, list[str]] = ("", [])) -> str:
     esc = html.escape
     items = "".join(f"<li>{esc(v.replace('**', ''))}</li>" for v in verdicts)
+    answer, findings = stability
+    stab = f"<p>{esc(answer)}</p><ul>" + "".join(f"<li>{esc(f.replace('**', ''))}</li>" for f in findings) + "</ul>"
     warn = "".join(f"<li>{esc(n)}</li>" for n in notes)
     imgs = "".join(f'<figure><img src="{esc(p.name)}" alt="{esc(p.stem)}"><figcaption>{esc(p.stem)}</figcaption>'
                    "</figure>" for p in plots)
@@ -215,7 +258,8 @@ def build_html(summary: dict, baseline: str, notes: list[str], verdicts: list[st
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>"
             f"<h1>Residual-mode comparison</h1><p>Baseline {esc(baseline)}; val loss ± 95% t-interval over seeds, "
-            f"Welch t-tests.</p>{_html_table(*headline_rows(summary, baseline))}<h2>Verdict</h2><ul>{items}</ul>"
+            f"Welch t-tests.</p>{_html_table(*headline_rows(summary, baseline))}<h2>Stability</h2>{stab}"
+            f"<h2>Verdict</h2><ul>{items}</ul>"
             + (f"<h2>Warnings</h2><ul>{warn}</ul>" if notes else "")
             + f"<h2>All metrics (mean ± sample std)</h2>{_html_table(*table_rows(summary))}{imgs}</body></html>\n")
 
@@ -237,6 +281,7 @@ def write_reports(summary: dict, groups: dict[str, list[Run]], baseline: str, ba
         row["verdict"] = by_group[name].replace("**", "")
     notes = warnings_for(summary, groups, baseline, baseline_note)
     write_text(out / "report.md", build_markdown(summary, groups, baseline, notes, verdicts, plots))
-    write_text(out / "report.html", build_html(summary, baseline, notes, verdicts, plots))
+    write_text(out / "report.html", build_html(summary, baseline, notes, verdicts, plots,
+                                               stability_section(summary, groups, baseline)))
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return verdicts, notes

@@ -13,7 +13,12 @@ from .stats import describe, welch
 EPS_KEYS = ("vanished/1e-04", "vanished/1e-05", "vanished/1e-06", "vanished/1e-07")
 BACKBONE_KEYS = tuple(k.replace("vanished/", "vanished_backbone/") for k in EPS_KEYS)  # without mixing params
 LOSS_KEYS = ("final_train_loss", "final_val_loss")  # diverged runs are left out of these statistics
-TESTED = ("final_val_loss", "loss_spikes", "grad_norm_spikes", "max_amax_fwd", "tokens_per_s")  # Welch vs baseline
+STABILITY_KEYS = ("max_amax_fwd", "loss_spikes", "grad_norm_spikes", "n_skips", "n_rewinds", "max_grad_norm",
+                  "early_max_grad_norm")  # the report's stability findings, in its order
+TESTED = ("final_val_loss", *STABILITY_KEYS, "tokens_per_s")  # Welch vs baseline
+EVENTS = {"skip": "n_skips", "rewind": "n_rewinds"}
+"""metrics.jsonl rows {"step", "event": "skip" | "rewind", "value", "threshold", "batches_skipped"} of the
+spike policy, counted per run (0 for a run that logged none)."""
 
 
 def spike_settings(c: dict) -> tuple[int, float, int]:
@@ -58,6 +63,30 @@ def spike_stats(run: Run, name: str) -> tuple[float, float]:
     return float(det.count), det.score
 
 
+def event_counts(run: Run) -> dict[str, float]:
+    """{"n_skips", "n_rewinds"}: the spike policy's event rows of the run."""
+    out = {key: 0.0 for key in EVENTS.values()}
+    for r in run.records:
+        key = EVENTS.get(r.get("event"))
+        if key is not None:
+            out[key] += 1
+    return out
+
+
+def grad_norm_extremes(run: Run) -> tuple[float, float]:
+    """(max grad norm of the run, max grad norm before the spike detector is armed), nan without data.
+    The detector counts nothing in its first min_history steps, so an excursion there (a warm-up spike)
+    shows only in the second number."""
+    _, values = run.series("grad_norm", train_only=True)
+    early = values[: spike_settings(run.metrics_config)[2]]
+
+    def finite_max(a):
+        a = a[np.isfinite(a)]
+        return float(a.max()) if len(a) else float("nan")
+
+    return finite_max(values), finite_max(early)
+
+
 def probe_value(run: Run, key: str, how: str) -> float:
     """Logged probe value (last or max over steps), else the offline stability.json value, else nan."""
     _, values = run.series(key)
@@ -90,6 +119,8 @@ def summarize_run(run: Run, final_window: int = 10) -> dict[str, float]:
     for key in EPS_KEYS + BACKBONE_KEYS:
         out[key] = probe_value(run, key, "last")
     out["grad_std"] = probe_value(run, "grad_std", "last")
+    out["max_grad_norm"], out["early_max_grad_norm"] = grad_norm_extremes(run)
+    out.update(event_counts(run))
     out["tokens_per_s"] = float(np.median(tps)) if len(tps) else float("nan")
     out.update(event_counts(run))
     return out

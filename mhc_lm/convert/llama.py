@@ -36,6 +36,9 @@ def llama_config_from_mhc(config, dtype: torch.dtype | None = None):
                               "1, the same sequential stack) convert to Llama")
     if config.block_norm != "pre":
         raise ConversionError(f"block_norm={config.block_norm!r}: LlamaForCausalLM is pre-norm only")
+    if getattr(config, "qk_norm", False):
+        raise ConversionError("qk_norm=True: LlamaForCausalLM has no query/key norms (Olmo2 and Qwen3 do; only "
+                              "models without qk_norm convert to Llama)")
     head_dim = config.resolved_head_dim
     return LlamaConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,

@@ -1,8 +1,8 @@
-"""Fused Triton kernels for HC/mHC stream mixing (issue 7); see docs/kernels.md.
+"""Fused Triton kernels for HC/mHC stream mixing; see docs/kernels.md.
 
-Importing this package raises ImportError when Triton is missing, which the model's guarded
-dispatch (`mhc_lm.model.stream_ops.dispatch`, `mhc_lm.model.sinkhorn.sinkhorn`) reads as
-"no kernels": the torch references then run. Each kernel has the signature, semantics and
+A leaf package: it imports nothing of `mhc_lm`. Importing it raises ImportError when Triton is
+missing, which the model's guarded dispatch (`mhc_lm.model.fused_ops`, whose table also holds
+each kernel's stream-count limit) reads as "no kernels": the torch references then run. Each kernel has the signature, semantics and
 output dtypes of its reference and is a `torch.library.custom_op` with fake and autograd
 registrations, so it works under `torch.compile`.
 """

@@ -132,8 +132,8 @@ class CoefPlan:
 def plan(T: int, K: int, M: int, device: torch.device) -> CoefPlan:
     """CUDA policy, chosen from the sm_90 ptxas report (benchmarks/kernel_resources.py; no spills):
 
-    - n <= 4 (M <= 24, MP <= 32): `tf32x3` dots (tensor cores, error close to fp32: DESIGN.md allows
-      tf32 here), 64 x 32 tiles for fwd / dx, 16 tokens x 64 for dphi. With fp32 "ieee" dots the
+    - n <= 4 (M <= 24, MP <= 32): `tf32x3` dots (tensor cores, error close to fp32: reduced precision is
+      allowed for the v phi projection only, docs/kernels.md), 64 x 32 tiles for fwd / dx, 16 tokens x 64 for dphi. With fp32 "ieee" dots the
       projection runs on the FMA units and is compute-bound (2M flops per element of x).
     - n > 4: fp32 "ieee" dots on 32 x 32 tiles (tf32x3 tiles of this width spill).
 

@@ -38,7 +38,7 @@ def check_device(name: str, *tensors: torch.Tensor) -> None:
     raise RuntimeError(
         f"mhc_lm.kernels.{name}: Triton kernels need CUDA tensors (got {device}). On CPU, set "
         "TRITON_INTERPRET=1 in the environment before importing mhc_lm.kernels, or use the "
-        "references in mhc_lm.model.stream_ops / mhc_lm.model.sinkhorn."
+        "references in mhc_lm.model.stream_ops / mhc_lm.model.sinkhorn (mhc_lm.model.fused_ops picks them)."
     )
 
 

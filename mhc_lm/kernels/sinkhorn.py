@@ -1,6 +1,6 @@
 """Fused Sinkhorn-Knopp on n x n per token (mHC, arXiv 2512.24880, eq. 8-9), forward and backward.
 
-Meaning: `mhc_lm.model.sinkhorn.sinkhorn_reference` (fp32):
+Meaning: `mhc_lm.model.sinkhorn.sinkhorn_reference` (fp32), which the tests compare against:
 
     P0 = softmax(L, dim=-1) + eps               # max-subtracted exp + the first row normalisation
     P1 = P0 / (P0.sum(-2) + eps)                 # step 1: columns (dim -2, tile axis 1)
@@ -116,8 +116,6 @@ def _tiles(logits: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     n = logits.shape[-1]
     if logits.dim() < 2 or logits.shape[-2] != n:
         raise ValueError(f"fused_sinkhorn: logits must be (..., n, n), got {tuple(logits.shape)}")
-    if n > 16:
-        raise ValueError(f"fused_sinkhorn: n = {n} > 16 does not fit the register tile; use sinkhorn_reference")
     flat = logits.reshape(-1, n, n).contiguous()  # (T, n, n)
     return flat, flat.shape[0], n
 
@@ -185,13 +183,12 @@ torch.library.register_autograd("mhc_lm::sinkhorn", _backward, setup_context=_se
 def fused_sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
     """Triton Sinkhorn-Knopp over the last two dims; same maths and fp32 output as `sinkhorn_reference`.
 
-    float64 input falls back to the reference (which then computes in float64).
+    Computes in float32: float64 logits are refused (the model's `fused_ops.dispatch` sends them,
+    and n above the kernel's limit, to the reference).
     """
     if iters < 0:
         raise ValueError(f"sinkhorn_iters must be >= 0, got {iters}")
     if logits.dtype == torch.float64:
-        from mhc_lm.model.sinkhorn import sinkhorn_reference
-
-        return sinkhorn_reference(logits, iters, eps)
+        raise ValueError("fused_sinkhorn computes in float32; use sinkhorn_reference for float64 logits")
     with torch.autocast(device_type=logits.device.type, enabled=False):
         return _sinkhorn_op(logits, int(iters), float(eps))

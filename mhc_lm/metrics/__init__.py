@@ -1,4 +1,4 @@
-"""Stability metrics (DESIGN.md section 2): spikes, loss volatility, Amax gain, vanished gradients.
+"""Stability metrics (docs/stability.md, "Definitions"): spikes, loss volatility, Amax gain, vanished gradients.
 
     from mhc_lm.metrics import build_callbacks, detect_spikes, amax_gain, composite, vanished_ratio, probe_model
 

@@ -1,4 +1,4 @@
-"""Loss / gradient-norm spike detection and loss volatility (DESIGN.md section 2).
+"""Loss / gradient-norm spike detection and loss volatility (docs/stability.md, "Definitions").
 
 Spike rule (as OLMo-core's spike monitoring): step t is a spike when
 

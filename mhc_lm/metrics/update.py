@@ -1,4 +1,4 @@
-"""Update-to-parameter ratio per decoder layer (DESIGN.md section 2, "update/param ratio").
+"""Update-to-parameter ratio per decoder layer (docs/stability.md, `update_ratio/*`).
 
     ratio(group) = || theta_after - theta_before || / || theta_before ||   (Frobenius over the group)
 

@@ -9,6 +9,7 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from .configuration_mhc_lm import MhcLmConfig
+from .stream_ops import rms_norm
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -26,8 +27,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
 
 
+class MhcLmRMSNorm(nn.Module):
+    """RMSNorm with a learned per-channel gain (the block's norms, and qk_norm's per-head norms)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
 class MhcLmAttention(nn.Module):
-    """Causal grouped-query attention (Ainslie et al., GQA) with RoPE and an optional KV cache."""
+    """Causal grouped-query attention (Ainslie et al., GQA) with RoPE and an optional KV cache.
+
+    `qk_norm`: RMSNorm over each head's query and key vectors (one gain of head_dim shared by the
+    heads, as in OLMo 2 / Qwen3), applied before RoPE; bounds the attention logits' growth.
+    """
 
     def __init__(self, config: MhcLmConfig, layer_idx: int):
         super().__init__()
@@ -42,12 +59,17 @@ class MhcLmAttention(nn.Module):
         self.v_proj = nn.Linear(C, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, C, bias=False)
         self.o_proj.depth_scaled = True
+        if config.qk_norm:
+            self.q_norm = MhcLmRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = MhcLmRMSNorm(self.head_dim, config.rms_norm_eps)
 
     def forward(self, x, position_embeddings, attention_mask=None, past_key_values: Cache | None = None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        if hasattr(self, "q_norm"):  # qk_norm: per head, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = position_embeddings
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:

@@ -6,14 +6,17 @@ import math
 
 from transformers import PreTrainedConfig
 
-RESIDUAL_MODES = ("standard", "hc", "mhc", "grid")
+from .h_res_maps import H_RES_MAPS
+from .residual_modes import RESIDUAL_MODES, get_residual_mode, write_plugin_modes
+from .residual_plugins import PLUGIN_MODES  # noqa: F401  (modes registered from outside, written in by an export)
+
 MHC_INITS = ("uniform", "identity")
-STREAM_COLLAPSES = ("mean",)
 MIXING_RECOMPUTES = ("none", "sublayer", "block")
-H_RES_MAPS = ("sinkhorn", "permutation", "kronecker", "orthostochastic", "orthogonal")
-PERMUTATION_MAX_STREAMS = 6
-"""`h_res_map: permutation` mixes n! permutation matrices: 720 at n = 6, 5040 at n = 7."""
+PERMUTATION_MAX_STREAMS = H_RES_MAPS["permutation"].max_streams  # the map's own limit, under its old name
 BLOCK_NORMS = ("pre", "post")
+MAX_STREAMS = 64
+"""Largest n_streams: the mixing costs n^2 per token and the stream n times the memory of one;
+64 is far past the published 2 to 8 and keeps a typo (100000) from allocating petabytes."""
 AUTO_MAP = {
     "AutoConfig": "configuration_mhc_lm.MhcLmConfig",
     "AutoModel": "modeling_mhc_lm.MhcLmModel",
@@ -21,12 +24,19 @@ AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_mhc_lm.MhcLmForSequenceClassification",
 }
 
+DEFAULT_H_RES_MAP = "sinkhorn"
+
+
+def modes_with(flag: str) -> list[str]:
+    """Names of the registered residual modes whose capability `flag` is set."""
+    return [name for name, mode in RESIDUAL_MODES.items() if getattr(mode, flag)]
+
 
 class MhcLmConfig(PreTrainedConfig):
     """Hugging Face config of an mhc-lm model.
 
     Block hyperparameters use the Llama names. The residual topology is chosen by
-    `residual_mode`:
+    `residual_mode`, a name of the `residual_modes.RESIDUAL_MODES` registry:
       - "standard": pre-norm residual x + F(x);
       - "hc": Hyper-Connections (Zhu et al., arXiv 2409.19606) with `n_streams` streams;
       - "mhc": Manifold-Constrained HC (DeepSeek-AI, arXiv 2512.24880) with `n_streams`
@@ -44,6 +54,7 @@ class MhcLmConfig(PreTrainedConfig):
     (mHC-lite), "kronecker" (KromHC), "orthostochastic" (go-mHC), "orthogonal" (JPmHC-like).
     `block_norm` (standard/grid): "pre" (x + F(norm x)) or "post" (norm(x + F(x)), original
     Transformer).
+    `qk_norm`: RMSNorm on each head's queries and keys before RoPE (every mode).
     """
 
     model_type = "mhc_lm"
@@ -70,13 +81,13 @@ class MhcLmConfig(PreTrainedConfig):
         mhc_init: str = "uniform",
         mhc_gate_init: float = 0.01,
         hc_dynamic: bool = True,
-        stream_collapse: str = "mean",
         fused_kernels: bool = False,
         mixing_recompute: str = "none",
         mixing_recompute_layers: int | None = None,
         h_res_map: str = "sinkhorn",
         block_norm: str = "pre",
         attention_dropout: float = 0.0,
+        qk_norm: bool = False,
         use_cache: bool = True,
         pad_token_id: int | None = 0,
         bos_token_id: int | None = 1,
@@ -102,13 +113,13 @@ class MhcLmConfig(PreTrainedConfig):
         self.mhc_init = mhc_init
         self.mhc_gate_init = mhc_gate_init
         self.hc_dynamic = hc_dynamic
-        self.stream_collapse = stream_collapse
         self.fused_kernels = fused_kernels
         self.mixing_recompute = mixing_recompute
         self.mixing_recompute_layers = mixing_recompute_layers
         self.h_res_map = h_res_map
         self.block_norm = block_norm
         self.attention_dropout = attention_dropout
+        self.qk_norm = qk_norm
         self.use_cache = use_cache
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
@@ -125,13 +136,27 @@ class MhcLmConfig(PreTrainedConfig):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
+        def positive_number(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             positive(name)
+        if self.head_dim is not None:
+            positive("head_dim")
+        for name in ("rms_norm_eps", "rope_theta"):
+            positive_number(name)
+        p = self.attention_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"attention_dropout must be a probability in [0, 1), got {p!r}")
         if self.residual_mode not in RESIDUAL_MODES:
             raise ValueError(f"residual_mode must be one of {list(RESIDUAL_MODES)}, got {self.residual_mode!r}")
         if not isinstance(self.n_streams, int) or self.n_streams < 1:
             raise ValueError(f"n_streams must be an integer >= 1, got {self.n_streams!r}")
+        if self.n_streams > MAX_STREAMS:
+            raise ValueError(f"n_streams must be <= {MAX_STREAMS}, got {self.n_streams}")
         if not isinstance(self.sinkhorn_iters, int) or self.sinkhorn_iters < 0:
             raise ValueError(f"sinkhorn_iters must be an integer >= 0, got {self.sinkhorn_iters!r}")
         if self.head_dim is None and self.hidden_size % self.num_attention_heads != 0:
@@ -145,28 +170,21 @@ class MhcLmConfig(PreTrainedConfig):
             )
         if (self.head_dim or self.hidden_size // self.num_attention_heads) % 2 != 0:
             raise ValueError("head_dim must be even for rotary embeddings")
-        if self.residual_mode == "grid":
-            if not isinstance(self.grid_size, int) or self.grid_size < 1:
-                raise ValueError(f"grid_size must be an integer >= 1, got {self.grid_size!r}")
-            if self.num_hidden_layers % (self.grid_size**2) != 0:
-                raise ValueError(
-                    f"num_hidden_layers ({self.num_hidden_layers}) must be divisible by grid_size**2 "
-                    f"({self.grid_size**2}) in grid mode"
-                )
         if self.mhc_init not in MHC_INITS:
             raise ValueError(f"mhc_init must be one of {list(MHC_INITS)}, got {self.mhc_init!r}")
-        if self.stream_collapse not in STREAM_COLLAPSES:
-            raise ValueError(f"stream_collapse must be one of {list(STREAM_COLLAPSES)}, got {self.stream_collapse!r}")
         self._validate_variants()
 
     def _validate_variants(self) -> None:
-        """mixing_recompute, h_res_map, block_norm: valid values, and only where they mean something."""
-        mode = self.residual_mode
+        """mixing_recompute, h_res_map, block_norm: valid values, and only where the mode says they mean
+        something (its capability flags); then the mode's own rules (`ResidualMode.validate`)."""
+        mode = get_residual_mode(self.residual_mode)
+        name = self.residual_mode
         if self.mixing_recompute not in MIXING_RECOMPUTES:
             raise ValueError(f"mixing_recompute must be one of {list(MIXING_RECOMPUTES)}, got {self.mixing_recompute!r}")
-        if self.mixing_recompute != "none" and mode not in ("hc", "mhc"):
-            raise ValueError(f"mixing_recompute={self.mixing_recompute!r} applies to residual_mode hc or mhc only "
-                             f"(got {mode!r}, which has no stream mixing to recompute); use 'none'")
+        if self.mixing_recompute != "none" and not mode.stream_mixing:
+            raise ValueError(f"mixing_recompute={self.mixing_recompute!r} applies to residual_mode "
+                             f"{' or '.join(modes_with('stream_mixing'))} only (got {name!r}, which has no stream "
+                             "mixing to recompute); use 'none'")
         if self.mixing_recompute_layers is not None:
             L_r = self.mixing_recompute_layers
             if not isinstance(L_r, int) or isinstance(L_r, bool) or L_r < 1:
@@ -177,22 +195,22 @@ class MhcLmConfig(PreTrainedConfig):
                                  f"(got {self.mixing_recompute!r})")
         if self.h_res_map not in H_RES_MAPS:
             raise ValueError(f"h_res_map must be one of {list(H_RES_MAPS)}, got {self.h_res_map!r}")
-        if self.h_res_map != "sinkhorn" and mode != "mhc":
-            raise ValueError(f"h_res_map={self.h_res_map!r} applies to residual_mode 'mhc' only (got {mode!r})")
-        if mode == "mhc":
-            n = self.n_streams
-            if self.h_res_map == "permutation" and n > PERMUTATION_MAX_STREAMS:
-                raise ValueError(f"h_res_map='permutation' mixes n! permutation matrices; n_streams={n} gives "
-                                 f"{math.factorial(n)} (the limit is n_streams <= {PERMUTATION_MAX_STREAMS}); "
-                                 "use 'kronecker' or 'orthostochastic' for more streams")
-            if self.h_res_map == "kronecker" and (n < 2 or n & (n - 1)):
-                raise ValueError(f"h_res_map='kronecker' needs n_streams a power of 2 (2, 4, 8, 16, ...), got {n}")
+        if self.h_res_map != DEFAULT_H_RES_MAP and not mode.uses_h_res_map:
+            raise ValueError(f"h_res_map={self.h_res_map!r} applies to residual_mode "
+                             f"{' or '.join(repr(m) for m in modes_with('uses_h_res_map'))} only (got {name!r})")
         if self.block_norm not in BLOCK_NORMS:
             raise ValueError(f"block_norm must be one of {list(BLOCK_NORMS)}, got {self.block_norm!r}")
-        if self.block_norm == "post" and mode in ("hc", "mhc"):
-            raise ValueError(f"block_norm='post' is defined for residual_mode standard and grid, not {mode!r}: "
-                             "normalising after the stream mixing would rescale every stream and undo the gain "
-                             "bound that H_res is built for; use block_norm='pre'")
+        if self.block_norm == "post" and not mode.supports_post_norm:
+            raise ValueError(f"block_norm='post' is defined for residual_mode {' and '.join(modes_with('supports_post_norm'))}, "
+                             f"not {name!r}: normalising after the stream mixing would rescale every stream and undo "
+                             "the gain bound that H_res is built for; use block_norm='pre'")
+        mode.validate(self)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """HF's save, plus the source of a mode registered from outside this folder (`write_plugin_modes`)."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        write_plugin_modes(save_directory, self.residual_mode)
+        return out
 
     @property
     def resolved_recompute_layers(self) -> int:
@@ -204,8 +222,8 @@ class MhcLmConfig(PreTrainedConfig):
 
     @property
     def streams(self) -> int:
-        """Residual streams actually carried: n_streams for hc/mhc, 1 otherwise."""
-        return self.n_streams if self.residual_mode in ("hc", "mhc") else 1
+        """Residual streams actually carried: n_streams for hc/mhc, 1 otherwise (the mode's `streams`)."""
+        return get_residual_mode(self.residual_mode)(self).streams
 
     @property
     def resolved_head_dim(self) -> int:

@@ -26,8 +26,9 @@ exactly: `zero_projection_init` says the module must start phi's H_res columns a
 gate then keeps its usual value and phi_res gets a gradient a_res v^T dL/dS from step one).
 
 Every map computes in float32 (float64 if given) with autocast off, whatever the input dtype.
-Adding a map: subclass `HResMap`, implement `num_outputs` and `matrix` (and `identity_bias`),
-and add an instance to `H_RES_MAPS`.
+Adding a map: subclass `HResMap`, implement `num_outputs` and `matrix` (and `identity_bias`, and
+`validate` when the map is not defined for every n), and add an instance to `H_RES_MAPS`: the
+config reads the valid names from that registry and calls `validate(n_streams)`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import math
 
 import torch
 
-from .sinkhorn import DEFAULT_SINKHORN_ITERS, sinkhorn
+from .fused_ops import sinkhorn
+from .sinkhorn import DEFAULT_SINKHORN_ITERS
 
 IDENTITY_WEIGHT_LOGIT = 3.0
 """Identity-biased inits put weight sigmoid(3) ~ 0.953 on the identity: no softmax/sigmoid saturated."""
@@ -51,6 +53,7 @@ class HResMap:
     doubly_stochastic: bool = True  # H >= 0, rows and columns sum to 1: Amax of any product <= 1
     iterative: bool = False  # DS only to an iteration's tolerance (sinkhorn), else exact up to rounding
     zero_projection_init: bool = False  # Pre-Norm at init needs the dynamic part exactly 0 (phi_res = 0)
+    fused_coefficients: bool = False  # K = n^2 logits read as n x n: the fused coefficient kernel's layout
 
     def validate(self, n: int) -> None:
         """Raise ValueError when the map is not defined for n streams."""
@@ -94,7 +97,7 @@ class HResMap:
 class SinkhornMap(HResMap):
     """Sinkhorn-Knopp on exp(logits), logits read row-major as [old i, new j]; DS to tolerance."""
 
-    name, iterative = "sinkhorn", True
+    name, iterative, fused_coefficients = "sinkhorn", True, True
 
     def num_outputs(self, n: int) -> int:
         return n * n
@@ -118,6 +121,15 @@ class PermutationMap(HResMap):
     """H = sum_k a_k P_k, a = softmax(logits) over the n! permutations: exactly DS (convex hull)."""
 
     name = "permutation"
+    max_streams = 6
+    """n! permutation matrices: 720 at n = 6, 5040 at n = 7."""
+
+    def validate(self, n: int) -> None:
+        super().validate(n)
+        if n > self.max_streams:
+            raise ValueError(f"h_res_map='permutation' mixes n! permutation matrices; n_streams={n} gives "
+                             f"{math.factorial(n)} (the limit is n_streams <= {self.max_streams}); "
+                             "use 'kronecker' or 'orthostochastic' for more streams")
 
     def num_outputs(self, n: int) -> int:
         return math.factorial(n)

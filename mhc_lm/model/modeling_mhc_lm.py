@@ -9,10 +9,13 @@ The block F is the same in every mode: pre-norm grouped-query attention with RoP
     mhc:       n streams, doubly stochastic H_res     residual_mhc.py     (arXiv 2512.24880)
     grid:      R x R bifurcation-merge of blocks      residual_grid.py    (Park & Han)
 
-Streams are expanded once after the embedding (n copies) and collapsed once (mean) before
-the final norm. Init (documented in `_init_weights`): N(0, initializer_range) for weights,
-output projections (o_proj, down_proj) scaled by 1/sqrt(2 * num_hidden_layers) (GPT-2 /
-OLMo depth scaling), norms at 1, mixing parameters as their mode's paper prescribes.
+The mode (`residual_modes.RESIDUAL_MODES[config.residual_mode]`, interface in residual_mode.py)
+expands the stream once after the embedding (hc/mhc: n copies), wraps each sub-layer, runs the
+layer loop and collapses the stream once (hc/mhc: the mean) before the final norm.
+
+Init (`_init_weights`): N(0, initializer_range) for weights, output projections (o_proj,
+down_proj) scaled by 1/sqrt(2 * num_hidden_layers) (GPT-2 / OLMo depth scaling), norms at 1,
+mixing parameters as their mode's paper prescribes (`ResidualMode.init_weights`).
 """
 
 from __future__ import annotations
@@ -32,13 +35,11 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
-from .attention import MhcLmAttention, build_attention_mask, rotary_cos_sin
+from .attention import MhcLmAttention, MhcLmRMSNorm, build_attention_mask, rotary_cos_sin
 from .configuration_mhc_lm import MhcLmConfig
 from .recompute import RecomputePlan
-from .residual_grid import grid_forward
-from .residual_hc import HyperConnection
-from .residual_mhc import ManifoldHyperConnection
-from .residual_standard import StandardResidual
+from .residual_modes import residual_mode_of, write_plugin_modes
+from .stream_connection import StreamConnection
 from .stream_ops import rms_norm
 
 # transformers renamed the KV-cache argument and output field `past_key_values` -> `cache` in a
@@ -55,24 +56,6 @@ def _resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache 
 
 def _output_cache(outputs) -> Cache | None:
     return getattr(outputs, _CACHE_FIELD, None)
-
-
-RESIDUAL_CLASSES = {
-    "standard": StandardResidual,
-    "grid": StandardResidual,  # grid nodes are ordinary residual blocks; the topology lives in the model
-    "hc": HyperConnection,
-    "mhc": ManifoldHyperConnection,
-}
-
-
-class MhcLmRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
 
 
 class MhcLmMLP(nn.Module):
@@ -100,13 +83,13 @@ class MhcLmDecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: MhcLmConfig, layer_idx: int):
         super().__init__()
-        residual_cls = RESIDUAL_CLASSES[config.residual_mode]
+        mode = residual_mode_of(config)
         self.self_attn = MhcLmAttention(config, layer_idx)
         self.mlp = MhcLmMLP(config)
         self.input_layernorm = MhcLmRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = MhcLmRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.attn_mixing = residual_cls(config, sublayer_idx=2 * layer_idx)
-        self.mlp_mixing = residual_cls(config, sublayer_idx=2 * layer_idx + 1)
+        self.attn_mixing = mode.connection(2 * layer_idx)
+        self.mlp_mixing = mode.connection(2 * layer_idx + 1)
         self.post_norm = config.block_norm == "post"
 
     def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None,
@@ -144,15 +127,14 @@ class MhcLmPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, MhcLmRMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, HyperConnection):
-            for name, value in module.reset_static().items():
-                init.copy_(getattr(module, name), value)
-        elif isinstance(module, ManifoldHyperConnection):
-            init.normal_(module.phi, mean=0.0, std=module.phi_std)
-            if module.h_res_map.zero_projection_init:  # orthogonal map: phi_res = 0, H_res = I (docs/manifolds.md)
-                init.copy_(module.phi, module.phi_at_init())
-            init.constant_(module.alpha, module.gate_init)
-            init.copy_(module.bias, module.init_bias())
+        else:  # the residual connections: their mode knows their init
+            residual_mode_of(self.config).init_weights(module)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """HF's save, plus the source of a mode registered from outside this folder (`write_plugin_modes`)."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        write_plugin_modes(save_directory, self.config.residual_mode)
+        return out
 
 
 class MhcLmModel(MhcLmPreTrainedModel):
@@ -173,9 +155,9 @@ class MhcLmModel(MhcLmPreTrainedModel):
         self.embed_tokens = value
 
     def mixing_modules(self) -> list[nn.Module]:
-        """HC/mHC residual connections in forward order (two per layer); empty otherwise."""
+        """The n-stream (HC/mHC) residual connections in forward order (two per layer); empty otherwise."""
         return [m for layer in self.layers for m in (layer.attn_mixing, layer.mlp_mixing)
-                if isinstance(m, (HyperConnection, ManifoldHyperConnection))]
+                if isinstance(m, StreamConnection)]
 
     def forward(
         self,
@@ -218,19 +200,10 @@ class MhcLmModel(MhcLmPreTrainedModel):
             return layer(h, position_embeddings, attention_mask=mask, past_key_values=past_key_values,
                          mixing_recompute=recompute)
 
-        n = self.config.streams
-        if self.config.residual_mode in ("hc", "mhc"):
-            hidden = inputs_embeds.unsqueeze(2).expand(B, T, n, inputs_embeds.shape[-1]).contiguous()  # (B, T, n, C)
-        else:
-            hidden = inputs_embeds  # (B, T, C)
-        if self.config.residual_mode == "grid":
-            hidden = grid_forward(self.layers, hidden, self.config.grid_size, run_layer)
-        else:
-            for layer in self.layers:
-                hidden = run_layer(layer, hidden)
-        if hidden.dim() == 4:
-            hidden = hidden.mean(dim=2)  # collapse streams: (B, T, n, C) -> (B, T, C)
-        hidden = self.norm(hidden)
+        mode = residual_mode_of(self.config)
+        hidden = mode.expand(inputs_embeds)  # (B, T, C) -> the mode's stream, (B, T, n, C) for hc/mhc
+        hidden = mode.run_layers(self.layers, hidden, run_layer)
+        hidden = self.norm(mode.collapse(hidden))  # (B, T, C)
         return BaseModelOutputWithPast(last_hidden_state=hidden, **{_CACHE_FIELD: past_key_values})
 
 

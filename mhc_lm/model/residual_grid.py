@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .residual_standard import StandardMode
+
 
 def grid_forward(
     layers: Sequence[torch.nn.Module],
@@ -48,3 +50,21 @@ def grid_forward(
                 row_above[j] = left
         x = row_above[R - 1]  # x_(R-1, R-1)
     return x
+
+
+class GridMode(StandardMode):
+    """Ordinary residual blocks (`StandardResidual`) laid on K R x R grids, R = `grid_size`."""
+
+    name = "grid"
+
+    @classmethod
+    def validate(cls, config) -> None:
+        R = config.grid_size
+        if not isinstance(R, int) or R < 1:
+            raise ValueError(f"grid_size must be an integer >= 1, got {R!r}")
+        if config.num_hidden_layers % (R**2) != 0:
+            raise ValueError(f"num_hidden_layers ({config.num_hidden_layers}) must be divisible by grid_size**2 "
+                             f"({R**2}) in grid mode")
+
+    def run_layers(self, layers, hidden, run_layer):
+        return grid_forward(layers, hidden, self.config.grid_size, run_layer)

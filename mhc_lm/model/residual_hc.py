@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
+from .fused_ops import dispatch
 from .norm_projection import norm_projection
-from .stream_connection import StreamConnection
-from .stream_ops import dispatch
+from .stream_connection import MultiStreamMode, StreamConnection
 
 
 class HyperConnection(StreamConnection):
@@ -99,3 +100,19 @@ class HyperConnection(StreamConnection):
         a_m, a_r, b = self._coefficients(xs, *params)
         pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams)
         return pre_mix(xs, a_m), a_r, b
+
+
+class HcMode(MultiStreamMode):
+    """Hyper-Connections: n streams, unconstrained learned mixing (`HyperConnection`)."""
+
+    name = "hc"
+
+    def connection(self, sublayer_idx: int) -> nn.Module:
+        return HyperConnection(self.config, sublayer_idx)
+
+    def init_weights(self, module: nn.Module) -> bool:
+        if not isinstance(module, HyperConnection):
+            return False
+        for name, value in module.reset_static().items():  # Pre-Norm at init (paper section 3.3)
+            init.copy_(getattr(module, name), value)
+        return True

@@ -10,9 +10,10 @@
 
 The H_res map is `config.h_res_map` (`h_res_maps.py`, docs/manifolds.md): it sets the width K of
 phi_res / b_res (n^2 for the default "sinkhorn") and turns the K logits into H_res with one call.
-The fused coefficient kernel is built for Sinkhorn's n^2 logits only: with any other map the
-coefficients always run the reference projection (`stream_ops.mhc_coefficients_reference`),
-fused or not; the fused pre-mix and post + residual kernels take any H_res.
+The fused coefficient kernel is built for n^2 logits read as n x n (the maps whose
+`fused_coefficients` flag is set: sinkhorn): with any other map the coefficients always run the
+reference projection (`stream_ops.mhc_coefficients_reference`), fused or not; the fused pre-mix
+and post + residual kernels take any H_res.
 
 With "sinkhorn", H_res is doubly stochastic (`sinkhorn_iters` iterations), so every new stream
 is a convex combination of the old ones: new j = sum_i H_res[i, j] x_l[i] (the last Sinkhorn
@@ -33,10 +34,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
+from .fused_ops import dispatch
 from .h_res_maps import get_h_res_map
-from .stream_connection import StreamConnection
-from .stream_ops import dispatch
+from .stream_connection import MultiStreamMode, StreamConnection
 
 
 class ManifoldHyperConnection(StreamConnection):
@@ -78,8 +80,8 @@ class ManifoldHyperConnection(StreamConnection):
     def _coefficients(self, xs, phi, alpha, bias):
         """xs (N, n, C) -> H_pre (N, n), H_post (N, n), H_res (N, n, n) [old i, new j], fp32."""
         N, n, C = xs.shape
-        # the fused coefficient kernel knows Sinkhorn's n^2 logits only: other maps take the reference
-        fused_coefficients = self.fused and self.h_res_map.name == "sinkhorn"
+        # the fused coefficient kernel writes n x n logits: maps of another width take the reference
+        fused_coefficients = self.fused and self.h_res_map.fused_coefficients
         project = dispatch("mhc_coefficients", fused_coefficients, xs.device, self.n_streams)
         h_pre, h_post, logits = project(xs.reshape(N, n * C), phi, alpha, bias, n, self.eps)
         # the H_res map: one call on the flat logits (N, K); for sinkhorn's (N, n, n) a view, no copy
@@ -92,3 +94,33 @@ class ManifoldHyperConnection(StreamConnection):
         h_pre, h_post, h_res = self._coefficients(xs, phi, alpha, bias)
         pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams)
         return pre_mix(xs, h_pre), h_res, h_post
+
+
+class MhcMode(MultiStreamMode):
+    """Manifold-constrained HC: n streams mixed by H_res from `h_res_map` (`ManifoldHyperConnection`)."""
+
+    name = "mhc"
+    uses_h_res_map = True
+
+    @classmethod
+    def validate(cls, config) -> None:
+        get_h_res_map(config.h_res_map).validate(config.n_streams)
+
+    def connection(self, sublayer_idx: int) -> nn.Module:
+        return ManifoldHyperConnection(self.config, sublayer_idx)
+
+    def init_weights(self, module: nn.Module) -> bool:
+        if not isinstance(module, ManifoldHyperConnection):
+            return False
+        init.normal_(module.phi, mean=0.0, std=module.phi_std)
+        if module.h_res_map.zero_projection_init:  # orthogonal map: phi_res = 0, H_res = I (docs/manifolds.md)
+            init.copy_(module.phi, module.phi_at_init())
+        init.constant_(module.alpha, module.gate_init)
+        init.copy_(module.bias, module.init_bias())
+        return True
+
+    def extra_matmul_params(self) -> int:
+        """The coefficient projection phi, nC x (2n + K), K = the map's logits, two per layer."""
+        c, n = self.config, self.config.n_streams
+        K = get_h_res_map(c.h_res_map).num_outputs(n)
+        return c.num_hidden_layers * 2 * n * c.hidden_size * (2 * n + K)

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .residual_mode import ResidualMode
+
 
 class StandardResidual(nn.Module):
     """x (B, T, C) -> x + sublayer(x). Holds no parameters."""
@@ -23,3 +25,12 @@ class StandardResidual(nn.Module):
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], recompute=None) -> torch.Tensor:
         return x + sublayer(x)  # recompute: always None here (mixing_recompute is for hc / mhc)
+
+
+class StandardMode(ResidualMode):
+    """One stream, x + F(x) per sub-layer, layers in sequence."""
+
+    name = "standard"
+
+    def connection(self, sublayer_idx: int) -> nn.Module:
+        return StandardResidual(self.config, sublayer_idx)

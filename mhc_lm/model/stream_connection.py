@@ -7,7 +7,8 @@
 A subclass gives its parameters (`_mixing_params`), its coefficients as a function of the stream
 and those parameters (`_coefficients`) and the mix-in (`_mix_in`: layer input, H_res, H_post);
 this class runs them, records H_res for the stability probe and applies post + residual (fused
-kernels when asked for and available, `stream_ops.dispatch`).
+kernels when asked for and available, `fused_ops.dispatch`). `MultiStreamMode` is the residual
+mode both build on: n copies of the embedding in, their mean out.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .fused_ops import dispatch
 from .recompute import mix_in, stream_of
-from .stream_ops import dispatch, post_res
+from .residual_mode import ResidualMode
+from .stream_ops import post_res
 
 
 class StreamConnection(nn.Module):
@@ -56,3 +59,22 @@ class StreamConnection(nn.Module):
         backward_fn = dispatch("post_res_backward", self.fused, x.device, n)
         out = post_res(xs, f.reshape(B * T, C), h_res, h_post, forward_fn, backward_fn, stream_of(recompute))
         return out.view(B, T, n, C)  # H_res x + H_post^T f
+
+
+class MultiStreamMode(ResidualMode):
+    """n = `n_streams` residual streams: the embedding copied n times after the embedding layer,
+    the streams' mean before the final norm; each sub-layer wrapped by a `StreamConnection`."""
+
+    stream_mixing = True
+    supports_post_norm = False  # norm after the mixing would rescale every stream (MhcLmConfig says more)
+
+    @property
+    def streams(self) -> int:
+        return self.config.n_streams
+
+    def expand(self, embeddings: torch.Tensor) -> torch.Tensor:
+        B, T, C = embeddings.shape
+        return embeddings.unsqueeze(2).expand(B, T, self.streams, C).contiguous()  # (B, T, n, C)
+
+    def collapse(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.mean(dim=2)  # (B, T, n, C) -> (B, T, C)

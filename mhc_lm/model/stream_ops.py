@@ -1,9 +1,9 @@
 """Stream-mixing primitives of mHC (arXiv 2512.24880, eq. 3-9), reference implementations.
 
-These define the meaning of the fused Triton kernels in `mhc_lm.kernels` (issue: fused
-stream mixing); `dispatch(name)` returns the fused version when it is requested, the
-tensors live on CUDA and the kernels are importable, else the reference here. Shapes use
-N = flattened tokens, n = streams, C = hidden size.
+These define the meaning of the fused Triton kernels in `mhc_lm.kernels`;
+`fused_ops.dispatch(name)` returns the fused version when it is requested, the tensors live on
+CUDA and the kernels are importable, else the reference here. Shapes use N = flattened tokens,
+n = streams, C = hidden size.
 
     coefficients:  x (N, n*C) --RMSNorm--> v --phi--> (h_pre (N, n), h_post (N, n), h_res_logits)
                    h_res_logits: (N, n, n) for Sinkhorn (K = n^2 outputs), else (N, K) for the
@@ -143,41 +143,8 @@ class _PostRes(torch.autograd.Function):
 def post_res(x, f_out, h_res, h_post, forward_fn=post_res_reference, backward_fn=post_res_backward_reference,
              stream=None) -> torch.Tensor:
     """H_res x + H_post^T f as one autograd node: `forward_fn` / `backward_fn` are the reference
-    or the fused pair from `dispatch("post_res")`, `dispatch("post_res_backward")`."""
+    or the fused pair from `fused_ops.dispatch("post_res")`, `dispatch("post_res_backward")`."""
     return _PostRes.apply(x, f_out, h_res, h_post, forward_fn, backward_fn, stream)
-
-
-def _fused(name: str):
-    try:  # optional Triton kernels; absent in an exported HF folder or without triton
-        import mhc_lm.kernels as kernels  # type: ignore
-    except ImportError:
-        return None
-    return getattr(kernels, f"fused_{name}", None)
-
-
-_REFERENCE = {
-    "mhc_coefficients": mhc_coefficients_reference,
-    "pre_mix": pre_mix_reference,
-    "post_res": post_res_reference,
-    "post_res_backward": post_res_backward_reference,
-}
-
-
-# Largest stream count each fused kernel is built for (register / shared-memory tiles of n x n
-# or 2n + n^2 per token); beyond it the reference runs.
-FUSED_MAX_STREAMS = {"mhc_coefficients": 8, "pre_mix": 8, "post_res": 8, "post_res_backward": 8, "sinkhorn": 16}
-
-
-def dispatch(name: str, fused: bool, device: torch.device, n_streams: int | None = None):
-    """The fused kernel for `name` when asked for, on CUDA, importable and sized for `n_streams`;
-    else the reference."""
-    if n_streams is not None and n_streams > FUSED_MAX_STREAMS.get(name, n_streams):
-        fused = False
-    if fused and device.type == "cuda":
-        kernel = _fused(name)
-        if kernel is not None:
-            return kernel
-    return _REFERENCE[name]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:

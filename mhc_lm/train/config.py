@@ -30,7 +30,11 @@ FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: a larger 
 
 @dataclass
 class ModelSection:
-    """MhcLmConfig keyword arguments; None = take the preset's value (or MhcLmConfig's default)."""
+    """MhcLmConfig keyword arguments; None = take the preset's value (or MhcLmConfig's default).
+
+    The fields are MhcLmConfig's parameters, name for name (tests/model/test_model_section.py checks
+    both ways); their values are checked by MhcLmConfig itself, except the registry names
+    (residual_mode, h_res_map), checked here so the error names the dotted key."""
 
     preset: str | None = None
     """Path to a model preset YAML (e.g. configs/model/tiny.yaml), relative to the cwd or the repo root."""
@@ -58,8 +62,8 @@ class ModelSection:
     """Std of the normal init of linear and embedding weights."""
     tie_word_embeddings: bool | None = None
     """Share the input embedding with the LM head."""
-    residual_mode: Literal["standard", "hc", "mhc", "grid"] | None = None
-    """Residual topology: standard | hc | mhc | grid."""
+    residual_mode: str | None = None
+    """Residual topology, a name of mhc_lm.model.RESIDUAL_MODES: standard | hc | mhc | grid."""
     n_streams: int | None = None
     """Residual streams n of hc/mhc."""
     sinkhorn_iters: int | None = None
@@ -73,25 +77,43 @@ class ModelSection:
     hc_dynamic: bool | None = None
     """HC: add the dynamic (tanh) part of the connections."""
     stream_collapse: str | None = None
-    """How n streams are collapsed before the final norm."""
+    """Retired (the streams' mean was the only choice): accepted as null or "mean" so run configs written
+    before its removal still load, and ignored."""
     fused_kernels: bool | None = None
     """Use the Triton kernels on CUDA when installed."""
     mixing_recompute: Literal["none", "sublayer", "block"] | None = None
     """hc/mhc: recompute the stream mixing in backward: none | sublayer | block."""
     mixing_recompute_layers: int | None = None
     """L_r of mixing_recompute=block; None = the mHC paper's sqrt(n L / (n + 2))."""
-    h_res_map: Literal["sinkhorn", "permutation", "kronecker", "orthostochastic", "orthogonal"] | None = None
-    """mhc: the map from the projection to H_res."""
+    h_res_map: str | None = None
+    """mhc: the map from the projection to H_res, a name of mhc_lm.model.H_RES_MAPS."""
     block_norm: Literal["pre", "post"] | None = None
     """standard/grid: pre-norm x + F(norm x) or post-norm norm(x + F(x))."""
     attention_dropout: float | None = None
     """Attention dropout probability."""
+    qk_norm: bool | None = None
+    """RMSNorm on each head's queries and keys before RoPE (every residual mode)."""
     pad_token_id: int | None = None
     """Padding id (the exported config takes the tokenizer's ids when they exist)."""
     bos_token_id: int | None = None
     """Beginning-of-sequence id."""
     eos_token_id: int | None = None
     """End-of-sequence id."""
+
+    def __post_init__(self) -> None:
+        from mhc_lm.model import H_RES_MAPS, RESIDUAL_MODES
+
+        for key, value, names in (("residual_mode", self.residual_mode, RESIDUAL_MODES),
+                                  ("h_res_map", self.h_res_map, H_RES_MAPS)):
+            if value is not None and value not in names:
+                raise ConfigError(f"model.{key}: {value!r} is not one of {list(names)}")
+        if self.stream_collapse not in (None, "mean"):
+            raise ConfigError(f"model.stream_collapse: retired, only 'mean' (the streams' mean) was ever defined; "
+                              f"got {self.stream_collapse!r}")
+
+
+RETIRED_MODEL_FIELDS = ("stream_collapse",)
+"""ModelSection fields kept only so old run configs load; never passed to MhcLmConfig."""
 
 
 @dataclass
@@ -190,6 +212,9 @@ class LoggingConfig:
     """Peak dense TFLOP/s of one device for MFU; None = a known GPU's bf16 peak, else no MFU."""
     progress_bar: bool = True
     """tqdm bar on the main process when stderr is a terminal (none in a log file: metrics.jsonl has every step)."""
+    progress_every_s: float = 10.0
+    """stdout not a terminal: a plain progress line every log_every steps, at most one per this many seconds
+    (plus the first and last step; 0 = every log_every steps; mhc_lm/train/progress.py)."""
 
 
 @dataclass
@@ -241,6 +266,8 @@ class RunConfig:
             ("train.rewind_skip_batches", t.rewind_skip_batches, t.rewind_skip_batches >= 0, ">= 0"),
             ("train.max_rewinds", t.max_rewinds, t.max_rewinds >= 0, ">= 0"),
             ("optim.z_loss", o.z_loss, math.isfinite(o.z_loss) and o.z_loss >= 0, ">= 0 (0 = off)"),
+            ("logging.progress_every_s", self.logging.progress_every_s,
+             math.isfinite(self.logging.progress_every_s) and self.logging.progress_every_s >= 0, ">= 0"),
         ]
         for name, value, ok, want in checks:
             if not ok:
@@ -296,6 +323,8 @@ def model_kwargs(section: ModelSection) -> dict[str, Any]:
         value = getattr(section, f.name)
         if f.name != "preset" and value is not None:
             kwargs[f.name] = value
+    for name in RETIRED_MODEL_FIELDS:
+        kwargs.pop(name, None)
     return kwargs
 
 
@@ -310,7 +339,7 @@ def resolved(cfg: RunConfig, model_config=None) -> RunConfig:
     """A self-contained copy: every model field written inline (from `model_config` when given,
     e.g. after the tokenizer's special ids were applied, else from preset + overrides)."""
     kwargs = model_config.to_dict() if model_config is not None else model_kwargs(cfg.model)
-    known = {f.name for f in dataclasses.fields(ModelSection)} - {"preset"}
+    known = {f.name for f in dataclasses.fields(ModelSection)} - {"preset", *RETIRED_MODEL_FIELDS}
     section = ModelSection(preset=cfg.model.preset, **{k: kwargs[k] for k in known if k in kwargs})
     return dataclasses.replace(cfg, model=section)
 

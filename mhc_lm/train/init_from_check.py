@@ -20,7 +20,7 @@ from mhc_lm.train.model_folder import folder_config, is_run_dir, resolve_folder
 # Always compared when the run config sets them (they shape the weights or the function).
 ARCHITECTURE_FIELDS = ("residual_mode", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                        "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings",
-                       "rope_theta", "rms_norm_eps", "block_norm", "stream_collapse")
+                       "rope_theta", "rms_norm_eps", "block_norm", "qk_norm")
 # Compared only in the residual modes they belong to.
 MODE_FIELDS = {"hc": ("n_streams", "hc_dynamic"), "mhc": ("n_streams", "sinkhorn_iters", "h_res_map"),
                "grid": ("grid_size",)}

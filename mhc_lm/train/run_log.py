@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from mhc_lm.files import write_json_atomic
+from mhc_lm.model.residual_modes import residual_mode_of
 from mhc_lm.run_dir import NON_FINITE, iter_jsonl, read_metrics  # noqa: F401 (also importable from here)
 
 # dense bf16 peak TFLOP/s per device, matched against torch.cuda.get_device_name()
@@ -43,9 +44,7 @@ def flops_per_token(model_config, seq_len: int) -> float:
     attn = c.hidden_size * head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
     mlp = 3 * c.hidden_size * c.intermediate_size
     n = c.num_hidden_layers * (attn + mlp) + c.vocab_size * c.hidden_size  # + LM head
-    if c.residual_mode == "mhc":  # coefficient projection nC x (n^2 + 2n), two per layer
-        s = c.n_streams
-        n += c.num_hidden_layers * 2 * s * c.hidden_size * (s * s + 2 * s)
+    n += residual_mode_of(c).extra_matmul_params()  # mhc: projection nC x (2n + K) per sub-layer, K the map's logits
     return 6.0 * n + 12.0 * c.num_hidden_layers * c.num_attention_heads * head_dim * seq_len
 
 

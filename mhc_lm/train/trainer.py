@@ -29,6 +29,7 @@ from mhc_lm.train.config import RunConfig, build_model_config, load_run_config, 
 from mhc_lm.train.data import DataBundle, build_data
 from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
 from mhc_lm.train.optim import build_optimizer, build_scheduler
+from mhc_lm.train.progress import ProgressLog
 from mhc_lm.train.run_log import MetricsWriter, default_peak_tflops, flops_per_token, memory_stats, write_meta
 from mhc_lm.train.spike_policy import SpikePolicy
 from mhc_lm.train.z_loss import ZLoss
@@ -362,6 +363,8 @@ class Trainer:
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=f"train {self.unwrapped_model.config.residual_mode}",
                    disable=None if (acc.is_main_process and cfg.logging.progress_bar) else True,  # None: off in logs
                    dynamic_ncols=True)
+        progress = ProgressLog(cfg.train.max_steps, self.step, self.tokens_per_step, cfg.logging.log_every,
+                               cfg.logging.progress_every_s, acc.is_main_process)  # plain lines when not a TTY
         status = "completed"
         try:
             while self.step < cfg.train.max_steps:
@@ -385,6 +388,7 @@ class Trainer:
                     self._log(logs)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+                progress.update(self.step, logs)
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
                     self._log_val()
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:

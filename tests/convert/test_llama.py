@@ -109,3 +109,14 @@ def test_conversions_refuse_a_bad_source_or_target(tmp_path, capsys):
     assert convert("from-llama", src, tmp_path / "busy") == 2  # not an earlier export: never replaced
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     assert "not empty" in capsys.readouterr().err
+
+
+def test_to_llama_refuses_qk_norm(tmp_path, capsys):
+    from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM
+
+    cfg = MhcLmConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, qk_norm=True)
+    MhcLmForCausalLM(cfg).save_pretrained(tmp_path / "src")
+    capsys.readouterr()  # the save's own output
+    err = _refused(capsys, tmp_path / "out", "to-llama", tmp_path / "src", tmp_path / "out")
+    assert "qk_norm" in err, err

@@ -74,7 +74,8 @@ def test_headline_significant_null_diverged_and_single_seed(fixture_runs, tmp_pa
     assert md.index("| group | seeds | val loss ± 95% CI") < md.index("## All metrics")  # headline first
     header, rows = headline(md)
     assert header == ["group", "seeds", "val loss ± 95% CI", "Δ val loss vs standard [95% CI], p",
-                      "loss / grad-norm spikes", "max Amax fwd", "diverged", "tokens/s"]
+                      "loss / grad-norm spikes", "max Amax fwd", "max grad norm", "skips / rewinds", "diverged",
+                      "tokens/s"]
     assert list(rows) == ["standard", "hc", "mhc", "mhc[kronecker]", "grid"]  # mode order, H_res map in the label
     std, mhc, hc = (VAL[g][2] for g in ("standard", "mhc", "hc"))
 
@@ -96,7 +97,7 @@ def test_headline_significant_null_diverged_and_single_seed(fixture_runs, tmp_pa
     assert f">= {need} seeds per group needed to detect Δ = {abs(np.mean(hc) - np.mean(std)):.4f}" in v["hc"]
 
     # diverged: counted, left out of the val-loss statistics, named in the verdict
-    assert rows["grid"][6] == "1/3" and rows["standard"][6] == "0/3"
+    assert rows["grid"][8] == "1/3" and rows["standard"][8] == "0/3"
     assert summary["grid"]["final_val_loss"]["n"] == 2
     assert summary["grid"]["final_val_loss"]["mean"] == pytest.approx(5.02)
     assert summary["grid"]["final_val_loss"]["values"][2] == 5.5  # kept in the per-seed values

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 import mhc_lm.kernels as kernels  # noqa: E402
 from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM  # noqa: E402
-from mhc_lm.model import h_res_maps, residual_hc, residual_mhc, stream_connection, stream_ops  # noqa: E402
+from mhc_lm.model import fused_ops, h_res_maps, residual_hc, residual_mhc, stream_connection  # noqa: E402
 from mhc_lm.model.sinkhorn import sinkhorn_reference  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,17 +56,29 @@ def test_opcheck_non_contiguous_inputs(op):
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-def test_dispatch_falls_back_beyond_the_kernels_stream_count():
+def test_dispatch_table_names_every_kernel_and_falls_back_beyond_its_limit():
     cuda = torch.device("cuda")  # nothing is allocated: the choice is made from the arguments
-    for name, limit in stream_ops.FUSED_MAX_STREAMS.items():
-        if name == "sinkhorn":
-            continue
-        assert stream_ops.dispatch(name, True, cuda, limit + 1) is stream_ops._REFERENCE[name]
-        assert stream_ops.dispatch(name, True, torch.device("cpu"), 2) is stream_ops._REFERENCE[name]
-    from mhc_lm.model.sinkhorn import FUSED_MAX_N, sinkhorn
+    assert set(fused_ops.FUSED_OPS) == {"mhc_coefficients", "pre_mix", "post_res", "post_res_backward", "sinkhorn"}
+    for name, op in fused_ops.FUSED_OPS.items():
+        assert fused_ops.fused_kernel(name) is getattr(kernels, op.kernel)
+        assert fused_ops.dispatch(name, True, cuda, op.max_streams + 1) is op.reference
+        assert fused_ops.dispatch(name, True, torch.device("cpu"), 2) is op.reference
+        assert fused_ops.dispatch(name, False, cuda, 2) is op.reference
+    assert fused_ops.FUSED_OPS["sinkhorn"].max_streams == 16 and fused_ops.FUSED_OPS["post_res"].max_streams == 8
+    logits = torch.randn(3, 17, 17)
+    torch.testing.assert_close(fused_ops.sinkhorn(logits, 5, fused=True), sinkhorn_reference(logits, 5))
 
-    logits = torch.randn(3, FUSED_MAX_N + 1, FUSED_MAX_N + 1)
-    torch.testing.assert_close(sinkhorn(logits, 5, fused=True), sinkhorn_reference(logits, 5))
+
+def test_kernels_are_a_leaf():
+    """mhc_lm.kernels imports nothing of mhc_lm (the model imports the kernels, guarded)."""
+    import ast
+
+    for path in sorted((REPO / "mhc_lm" / "kernels").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(n == "mhc_lm" or n.startswith("mhc_lm.") for n in names), (path.name, names)
+            assert not (isinstance(node, ast.ImportFrom) and node.level > 1), path.name
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -90,7 +102,7 @@ def _kernels_on_cpu(monkeypatch) -> list:
         if fused:
             calls.append(name)
             return getattr(kernels, f"fused_{name}")
-        return stream_ops._REFERENCE[name]
+        return fused_ops.FUSED_OPS[name].reference
 
     def sinkhorn(logits, iters=20, eps=1e-6, fused=False):
         if fused:
@@ -143,10 +155,9 @@ def test_without_triton_import_fails_and_dispatch_falls_back():
         "import sys, torch; sys.modules['triton'] = None\n"
         "try:\n    import mhc_lm.kernels\nexcept ImportError as e:\n    assert 'needs Triton' in str(e), e\n"
         "else:\n    raise SystemExit('imported without triton')\n"
-        "from mhc_lm.model import stream_ops\n"
-        "sk = sys.modules['mhc_lm.model.sinkhorn']\n"
-        "assert stream_ops.dispatch('post_res', True, torch.device('cuda')) is stream_ops.post_res_reference\n"
-        "assert sk._fused_sinkhorn() is None\n"
+        "from mhc_lm.model import fused_ops, stream_ops\n"
+        "assert fused_ops.dispatch('post_res', True, torch.device('cuda')) is stream_ops.post_res_reference\n"
+        "assert fused_ops.fused_kernel('sinkhorn') is None\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -1,4 +1,4 @@
-"""Every H_res map through the fused pre-mix and post + residual kernels (Triton interpreter, issue 13).
+"""Every H_res map through the fused pre-mix and post + residual kernels (Triton interpreter).
 
 The kernels take any (N, n, n) H_res: doubly stochastic ones and the orthogonal map's, whose entries
 are negative. Compared with the references forward and backward, (1) kernel by kernel, with the

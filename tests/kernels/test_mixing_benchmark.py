@@ -40,7 +40,7 @@ def test_peak_bandwidth_lookup_prefers_the_most_specific_name():
 
 
 def test_maps_flag_prints_the_h_res_map_table(capsys):
-    """`--maps` (issue 13): one timing row per map and supported n, and the 1B parameter table."""
+    """`--maps`: one timing row per map and supported n, and the 1B parameter table."""
     spec = importlib.util.spec_from_file_location("mixing_benchmark", BENCH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

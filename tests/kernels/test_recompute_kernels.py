@@ -1,5 +1,5 @@
 """Mixing recompute with the fused kernels (Triton interpreter on CPU): every setting gives the
-gradients of `none` on the same kernels, fp32 and bf16 autocast (issue 12)."""
+gradients of `none` on the same kernels, fp32 and bf16 autocast."""
 
 import pytest
 import torch

@@ -37,11 +37,17 @@ def test_changing_logits_changes_output_and_known_uniform_answer():
     assert (q.diagonal(dim1=-2, dim2=-1) > 0.5).all()
 
 
-def test_float64_falls_back_to_reference_in_float64():
+def test_float64_goes_to_the_reference_in_float64():
+    """The kernel computes in float32 and refuses float64; the dispatch sends float64 to the reference."""
+    from mhc_lm.model.fused_ops import dispatch
+
     logits = torch.randn(5, 3, 3, dtype=torch.float64)
-    p = fused_sinkhorn(logits, 4, 1e-6)
+    with pytest.raises(ValueError, match="float64"):
+        fused_sinkhorn(logits, 4, 1e-6)
+    cuda = torch.device("cuda")  # nothing is allocated: the choice is made from the arguments
+    assert dispatch("sinkhorn", True, cuda, 3, torch.float64) is sinkhorn_reference
+    p = dispatch("sinkhorn", True, logits.device, 3, logits.dtype)(logits, 4, 1e-6)
     assert p.dtype == torch.float64
-    torch.testing.assert_close(p, sinkhorn_reference(logits, 4, 1e-6), atol=0, rtol=0)
 
 
 def test_bad_inputs_name_the_problem():

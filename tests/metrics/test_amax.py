@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mhc_lm.metrics import amax_gain, composite, inf_norm, mixing_amax_metrics
-from mhc_lm.model.sinkhorn import sinkhorn
+from mhc_lm.model import sinkhorn
 
 
 def test_identity_gain_is_one():

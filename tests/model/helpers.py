@@ -4,9 +4,9 @@ import contextlib
 
 import torch
 
-from mhc_lm.model import MhcLmConfig
+from mhc_lm.model import RESIDUAL_MODES, MhcLmConfig
 
-MODES = ("standard", "hc", "mhc", "grid")
+MODES = tuple(RESIDUAL_MODES)  # the built-in modes (read before any test registers one)
 
 # Cross-process comparisons (a model saved here, reloaded in a fresh process): both sides run torch
 # on one thread, so the BLAS picks the same kernels and reduction order however loaded the machine

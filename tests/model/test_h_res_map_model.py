@@ -1,4 +1,4 @@
-"""model.h_res_map wired into the mHC module (issue 13): shapes, init, Pre-Norm equivalence, more
+"""model.h_res_map wired into the mHC module: shapes, init, Pre-Norm equivalence, more
 streams, fused-kernel fallback, mixing recompute and generation with the KV cache, for every map."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 import mhc_lm.model.residual_mhc as residual_mhc
 from mhc_lm.model import MhcLmForCausalLM
 from mhc_lm.model.h_res_maps import H_RES_MAPS
-from mhc_lm.model.sinkhorn import sinkhorn
+from mhc_lm.model.fused_ops import sinkhorn
 from mhc_lm.model.stream_ops import mhc_coefficients_reference
 
 from .helpers import loss_and_grads, perturbed, tiny_config

@@ -1,12 +1,11 @@
-"""The H_res maps of issue 13 (mhc_lm/model/h_res_maps.py): exactness, gradients, orientation, init."""
+"""The H_res maps (mhc_lm/model/h_res_maps.py): exactness, gradients, orientation, init."""
 
 import math
 
 import pytest
 import torch
 
-from mhc_lm.model.configuration_mhc_lm import H_RES_MAPS as CONFIG_MAP_NAMES
-from mhc_lm.model.h_res_maps import H_RES_MAPS, get_h_res_map
+from mhc_lm.model.h_res_maps import H_RES_MAPS, HResMap, get_h_res_map
 
 EXACT_DS = ("permutation", "kronecker", "orthostochastic")
 DS = ("sinkhorn",) + EXACT_DS
@@ -20,11 +19,53 @@ def random_logits(name: str, n: int, scale: float, seed: int = 0, tokens: int = 
     return (torch.randn(tokens, H_RES_MAPS[name].num_outputs(n), generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
-def test_registry_matches_the_config_values():
-    assert tuple(H_RES_MAPS) == CONFIG_MAP_NAMES
+def test_registry_names_the_maps():
+    assert list(H_RES_MAPS) == ["sinkhorn", "permutation", "kronecker", "orthostochastic", "orthogonal"]
     assert all(m.name == name for name, m in H_RES_MAPS.items())
+    assert [name for name, m in H_RES_MAPS.items() if m.fused_coefficients] == ["sinkhorn"]
     with pytest.raises(ValueError, match="h_res_map must be one of"):
         get_h_res_map("birkhoff")
+
+
+class _TransposedKronecker(HResMap):
+    """A map defined here only: the config must take its name from the registry and its limits from
+    its own `validate` (here: powers of 2 up to 4)."""
+
+    name = "toy_kron_t"
+
+    def validate(self, n):
+        H_RES_MAPS["kronecker"].validate(n)
+        if n > 4:
+            raise ValueError(f"toy_kron_t is for n_streams <= 4, got {n}")
+
+    def num_outputs(self, n):
+        return H_RES_MAPS["kronecker"].num_outputs(n)
+
+    def identity_bias(self, n):
+        return H_RES_MAPS["kronecker"].identity_bias(n)
+
+    def matrix(self, logits, n, **_):
+        return H_RES_MAPS["kronecker"].matrix(logits, n).transpose(-1, -2)
+
+
+def test_a_registered_map_is_a_config_value_and_validates_itself(monkeypatch):
+    from mhc_lm.model import MhcLmForCausalLM
+
+    from .helpers import tiny_config
+
+    with pytest.raises(ValueError, match="h_res_map must be one of"):
+        tiny_config("mhc", h_res_map="toy_kron_t")
+    monkeypatch.setitem(H_RES_MAPS, "toy_kron_t", _TransposedKronecker())  # the one registry line
+    with pytest.raises(ValueError, match="toy_kron_t is for n_streams <= 4, got 8"):
+        tiny_config("mhc", h_res_map="toy_kron_t", n_streams=8)
+    with pytest.raises(ValueError, match="needs n_streams a power of 2"):
+        tiny_config("mhc", h_res_map="toy_kron_t", n_streams=3)
+    with pytest.raises(ValueError, match="applies to residual_mode 'mhc' only"):
+        tiny_config("hc", h_res_map="toy_kron_t")
+    model = MhcLmForCausalLM(tiny_config("mhc", h_res_map="toy_kron_t", n_streams=4))
+    assert model.model.layers[0].attn_mixing.bias.shape == (2 * 4 + 2,)  # [b_pre | b_post | K = log2 n]
+    ids = torch.randint(3, 97, (2, 5))
+    assert torch.isfinite(model(ids, labels=ids).loss)
 
 
 @pytest.mark.parametrize("name, n", CASES)
@@ -75,7 +116,7 @@ def test_orthogonal_is_orthogonal_and_not_doubly_stochastic(n, scale):
 
 @pytest.mark.parametrize("n", STREAMS["sinkhorn"])
 def test_sinkhorn_map_is_the_sinkhorn_of_the_row_major_logits(n):
-    from mhc_lm.model.sinkhorn import sinkhorn
+    from mhc_lm.model.fused_ops import sinkhorn
 
     logits = random_logits("sinkhorn", n, 1.0)
     h = H_RES_MAPS["sinkhorn"](logits, n, sinkhorn_iters=7)

@@ -1,4 +1,4 @@
-"""model.mixing_recompute (issue 12): gradients equal `none` bit for bit on CPU, memory is saved.
+"""model.mixing_recompute: gradients equal `none` bit for bit on CPU, memory is saved.
 
 Reference path here; the fused kernels (Triton interpreter) in tests/kernels/test_recompute_kernels.py,
 a resume from a checkpoint in tests/train/test_recompute_resume.py."""

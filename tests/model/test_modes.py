@@ -75,7 +75,7 @@ def test_mhc_with_zero_gates_equals_standard(n_streams, h_res):
 
 
 def test_mhc_default_init_is_prenorm_up_to_norm_eps():
-    """With identical streams and doubly stochastic H_res, default mHC init is Pre-Norm (DESIGN.md)."""
+    """With identical streams and doubly stochastic H_res, default mHC init is Pre-Norm (docs/manifolds.md, "Init")."""
     ref = build("standard")
     mhc = with_block_weights_of(build("mhc", seed=5), ref)
     for m in mhc.model.mixing_modules():

@@ -32,3 +32,26 @@ def test_model_folder_imports_are_relative_or_guarded():
             if any(n == "mhc_lm" or n.startswith("mhc_lm.") for n in names) and not _guarded(node, parents):
                 offenders.append(f"{path.name}: unguarded import of {names}")
     assert not offenders, offenders
+
+
+def test_model_folder_has_no_import_circle():
+    """The relative imports between the folder's files form a DAG (module-level and function-level alike)."""
+    graph = {}
+    for path in sorted(MODEL_DIR.glob("*.py")):
+        graph[path.stem] = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+    done, on_path = set(), []
+
+    def visit(name):
+        if name in on_path:
+            raise AssertionError("import circle: " + " -> ".join(on_path[on_path.index(name):] + [name]))
+        if name in done:
+            return
+        on_path.append(name)
+        for dep in graph.get(name, ()):
+            visit(dep)
+        on_path.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)

@@ -105,7 +105,7 @@ def test_quickstart_stops_when_a_run_is_interrupted(tmp_path, monkeypatch, capsy
     started = []
 
     class Interrupted:
-        def __init__(self, cfg):
+        def __init__(self, cfg, callbacks=None):
             started.append(cfg.model.residual_mode)
 
         def fit(self):

@@ -1,0 +1,86 @@
+"""Fused-or-reference dispatch: the one table of the ops that have a Triton kernel.
+
+    op                 reference (defines the meaning)          kernel (mhc_lm.kernels)    n <=
+    mhc_coefficients   stream_ops.mhc_coefficients_reference    fused_mhc_coefficients       8
+    pre_mix            stream_ops.pre_mix_reference             fused_pre_mix                8
+    post_res           stream_ops.post_res_reference            fused_post_res               8
+    post_res_backward  stream_ops.post_res_backward_reference   fused_post_res_backward      8
+    sinkhorn           sinkhorn.sinkhorn_reference              fused_sinkhorn              16
+
+`dispatch(op, fused, device, n_streams)` returns the kernel when it is asked for (`fused_kernels`),
+the tensors are on CUDA, the kernels import (Triton installed; never in an exported folder, whose
+import of `mhc_lm` fails) and n is within the kernel's limit: its register / shared-memory tiles
+hold n x n (sinkhorn) or 2n + n^2 (the others) values per token. Otherwise the reference runs.
+The kernels (`mhc_lm.kernels`) are a leaf: they import nothing of the model; the limits live here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+from .sinkhorn import DEFAULT_SINKHORN_ITERS, SINKHORN_EPS, sinkhorn_reference
+from .stream_ops import (
+    mhc_coefficients_reference,
+    post_res_backward_reference,
+    post_res_reference,
+    pre_mix_reference,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedOp:
+    reference: Callable
+    """Pure-PyTorch implementation: the meaning of the op, and what runs without the kernel."""
+    kernel: str
+    """Name of the Triton implementation in `mhc_lm.kernels`."""
+    max_streams: int
+    """Largest n the kernel is built for; beyond it the reference runs."""
+    kernel_dtypes: tuple[torch.dtype, ...] | None = None
+    """Input dtypes the kernel takes (None: any); others run the reference."""
+
+
+FUSED_OPS: dict[str, FusedOp] = {
+    "mhc_coefficients": FusedOp(mhc_coefficients_reference, "fused_mhc_coefficients", 8),
+    "pre_mix": FusedOp(pre_mix_reference, "fused_pre_mix", 8),
+    "post_res": FusedOp(post_res_reference, "fused_post_res", 8),
+    "post_res_backward": FusedOp(post_res_backward_reference, "fused_post_res_backward", 8),
+    # float64 logits keep float64 in the reference; the kernel computes in float32
+    "sinkhorn": FusedOp(sinkhorn_reference, "fused_sinkhorn", 16,
+                        kernel_dtypes=(torch.float32, torch.bfloat16, torch.float16)),
+}
+
+
+def fused_kernel(name: str) -> Callable | None:
+    """The Triton kernel of op `name`, or None when `mhc_lm.kernels` cannot be imported."""
+    try:  # optional Triton kernels; absent in an exported HF folder or without triton
+        import mhc_lm.kernels as kernels  # type: ignore
+    except ImportError:
+        return None
+    return getattr(kernels, FUSED_OPS[name].kernel, None)
+
+
+def dispatch(name: str, fused: bool, device: torch.device, n_streams: int | None = None,
+             dtype: torch.dtype | None = None) -> Callable:
+    """The kernel of op `name` when asked for, on CUDA, importable and built for `n_streams` streams
+    and `dtype`; else the reference."""
+    op = FUSED_OPS[name]
+    if n_streams is not None and n_streams > op.max_streams:
+        fused = False
+    if dtype is not None and op.kernel_dtypes is not None and dtype not in op.kernel_dtypes:
+        fused = False
+    if fused and device.type == "cuda":
+        kernel = fused_kernel(name)
+        if kernel is not None:
+            return kernel
+    return op.reference
+
+
+def sinkhorn(logits: torch.Tensor, iters: int = DEFAULT_SINKHORN_ITERS, eps: float = SINKHORN_EPS,
+             fused: bool = False) -> torch.Tensor:
+    """Doubly stochastic Sinkhorn-Knopp scaling of exp(logits) over the last two dims
+    (`sinkhorn.sinkhorn_reference`); with `fused=True` the Triton kernel where `dispatch` allows it
+    (same maths, recomputing backward)."""
+    return dispatch("sinkhorn", fused, logits.device, logits.shape[-1], logits.dtype)(logits, iters, eps)
