@@ -55,7 +55,8 @@ def group_label(run: Run, extra_keys: Sequence[str] = ()) -> str:
     (`mhc[kronecker]`), and `key=value` of each of `extra_keys` (`--group-by optim.lr`)."""
     label = run.mode
     h_res_map = run.setting("model.h_res_map")
-    if run.mode == "mhc" and h_res_map not in (None, DEFAULT_H_RES_MAP):
+    mode = RESIDUAL_MODES.get(run.mode)
+    if mode is not None and mode.uses_h_res_map and h_res_map not in (None, DEFAULT_H_RES_MAP):
         label += f"[{h_res_map}]"
     for key in extra_keys:
         label += f" {key.rsplit('.', 1)[-1]}={run.setting(key)}"

@@ -81,7 +81,7 @@ def run(args) -> str:
     import torch
     from accelerate import Accelerator
 
-    # cpu=True without CUDA: several CPU processes then talk over gloo (see ENVIRONMENT.md)
+    # cpu=True without CUDA: several CPU processes then talk over gloo (`accelerate launch --cpu` would start one process only)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     tokenizer = load_tokenizer(model_dir)
     lm = None

@@ -56,6 +56,7 @@ class GridMode(StandardMode):
     """Ordinary residual blocks (`StandardResidual`) laid on K R x R grids, R = `grid_size`."""
 
     name = "grid"
+    architecture_fields = ("grid_size",)
 
     @classmethod
     def validate(cls, config) -> None:

@@ -106,6 +106,7 @@ class HcMode(MultiStreamMode):
     """Hyper-Connections: n streams, unconstrained learned mixing (`HyperConnection`)."""
 
     name = "hc"
+    architecture_fields = ("n_streams", "hc_dynamic")
 
     def connection(self, sublayer_idx: int) -> nn.Module:
         return HyperConnection(self.config, sublayer_idx)

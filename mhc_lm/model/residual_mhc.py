@@ -101,6 +101,7 @@ class MhcMode(MultiStreamMode):
 
     name = "mhc"
     uses_h_res_map = True
+    architecture_fields = ("n_streams", "sinkhorn_iters", "h_res_map")
 
     @classmethod
     def validate(cls, config) -> None:

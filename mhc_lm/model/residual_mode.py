@@ -39,6 +39,9 @@ class ResidualMode:
     """Builds H_res with `h_res_map` (mhc); other modes accept only the default map."""
     supports_post_norm: bool = True
     """`block_norm: post` is defined for the mode."""
+    architecture_fields: tuple[str, ...] = ()
+    """Config fields, besides the common ones, that shape this mode's weights or function (two
+    configs that differ in one of them are different models: `train.init_from` compares them)."""
 
     def __init__(self, config):
         self.config = config

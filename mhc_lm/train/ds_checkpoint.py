@@ -17,8 +17,9 @@ of the world size, and split into equal partitions; rank R saves partition R in 
 (`single_partition_of_fp32_groups`). Concatenating the ranks' partitions and slicing in the order
 of `param_shapes` (mp_rank_00_model_states.pt) gives every parameter back.
 
-DeepSpeed loads its files with `weights_only=False`: every file is first scanned by
-`mhc_lm.train.safe_pickle`, which refuses a pickle that imports anything but data types.
+Every file is first scanned by `mhc_lm.train.safe_pickle`, which refuses a pickle that imports
+anything but data types: DeepSpeed's own reader unpickles without restriction. The files this
+module reads itself go through torch's restricted (weights_only) unpickler as well.
 """
 
 from __future__ import annotations

@@ -21,13 +21,18 @@ from mhc_lm.train.model_folder import folder_config, is_run_dir, resolve_folder
 ARCHITECTURE_FIELDS = ("residual_mode", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                        "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings",
                        "rope_theta", "rms_norm_eps", "block_norm", "qk_norm")
-# Compared only in the residual modes they belong to.
-MODE_FIELDS = {"hc": ("n_streams", "hc_dynamic"), "mhc": ("n_streams", "sinkhorn_iters", "h_res_map"),
-               "grid": ("grid_size",)}
+# Compared only in the residual modes they belong to: each mode's `architecture_fields`.
 # Free to set in the run config (the run's value wins): no effect on the weights' meaning.
 RUN_FIELDS = ("max_position_embeddings", "initializer_range", "mhc_init", "mhc_gate_init", "fused_kernels",
               "mixing_recompute", "mixing_recompute_layers", "attention_dropout", "pad_token_id", "bos_token_id",
               "eos_token_id")
+
+
+def _mode_fields(mode: str) -> tuple[str, ...]:
+    from mhc_lm.model import RESIDUAL_MODES
+
+    cls = RESIDUAL_MODES.get(mode)
+    return cls.architecture_fields if cls is not None else ()
 
 
 def tokenizer_source(path: str) -> str:
@@ -89,7 +94,7 @@ def merged_model_config(path: str, ours: dict, source):
     from mhc_lm.model import MhcLmConfig
 
     mode = source.residual_mode
-    compared = ARCHITECTURE_FIELDS + MODE_FIELDS.get(ours.get("residual_mode", mode), ())
+    compared = ARCHITECTURE_FIELDS + _mode_fields(ours.get("residual_mode", mode))
     for name in compared:
         if ours.get(name) is None:  # unset (or null in a preset): taken from the folder
             continue

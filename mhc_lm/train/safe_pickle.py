@@ -161,10 +161,26 @@ def scan_tree(folder: Path) -> int:
     return n
 
 
+def _deepspeed_globals() -> list:
+    """The DeepSpeed records of SAFE_GLOBALS as classes, for torch's weights_only unpickler."""
+    import importlib
+
+    found = []
+    for dotted in sorted(SAFE_GLOBALS):
+        if dotted.startswith("deepspeed."):
+            module, _, name = dotted.rpartition(".")
+            try:
+                found.append(getattr(importlib.import_module(module), name))
+            except (ImportError, AttributeError):  # another DeepSpeed version: its files will not name it
+                pass
+    return found
+
+
 def load_scanned(path: Path, **kwargs):
-    """torch.load of a file that passed `scan_file`. For files that hold objects `weights_only=True`
-    refuses although the scan allows them (DeepSpeed's loss scalers and enums)."""
+    """torch.load of a file that passed `scan_file`, with torch's restricted (weights_only) unpickler;
+    DeepSpeed's loss scalers and enums, which that unpickler does not know, are allowed by name."""
     import torch
 
     scan_file(path)
-    return torch.load(path, weights_only=False, **kwargs)
+    with torch.serialization.safe_globals(_deepspeed_globals()):
+        return torch.load(path, weights_only=True, **kwargs)
