@@ -92,7 +92,7 @@ def zero_fp32_state_dict(ckpt: Path, tag: str = "pytorch_model") -> dict[str, to
     """Full fp32 state dict of an `accelerator.save_state` checkpoint written under DeepSpeed, from
     the optimizer's fp32 masters, whatever the ZeRO stage and optimizer layout."""
     ds_dir = Path(ckpt) / tag
-    scan_tree(ckpt)  # DeepSpeed's reader loads every file with weights_only=False
+    scan_tree(ckpt)  # DeepSpeed's reader unpickles every file without restriction
     if is_bf16_optimizer_checkpoint(ds_dir):
         return bf16_optimizer_fp32_state_dict(ds_dir)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -8,7 +8,7 @@ decodes the stream without executing any of it, and refuses a file that names an
 enums and loss scalers, and torch.distributed.checkpoint metadata records. Those are the only
 globals the files that Accelerate, DeepSpeed and FSDP write contain, so a checkpoint they wrote
 passes and a crafted one (`__reduce__` returning `os.system`) is refused before any library
-(DeepSpeed loads its files with `weights_only=False`) opens it.
+(DeepSpeed's reader unpickles its files without restriction) opens it.
 
 Torch files are zip archives whose `*/data.pkl` member holds the pickle (tensor bytes live in
 other members); a file that starts with a pickle protocol opcode (PROTO 2-5) is scanned as raw

@@ -2,7 +2,7 @@
 are safe and complete before anything of it is loaded.
 
 - The LR scheduler is not registered with Accelerate (which pickles it to
-  `custom_checkpoint_0.pkl` and loads that with `weights_only=False`); its state dict (plain
+  `custom_checkpoint_0.pkl` and unpickles that without restriction); its state dict (plain
   numbers) goes into `trainer_state.json` under "scheduler".
 - (`checkpoint.check_safe`) Every file of a checkpoint is scanned by `mhc_lm.train.safe_pickle`
   before Accelerate, DeepSpeed or FSDP open it: a pickle that imports anything but data types
@@ -38,8 +38,8 @@ def scheduler_state(scheduler) -> dict:
 
 def check_scheduler_state(ckpt: Path, state: dict, error) -> None:
     """The checkpoint holds the scheduler state in trainer_state.json. One written before (the
-    scheduler pickled to custom_checkpoint_0.pkl, which Accelerate unpickles with
-    `weights_only=False`) is refused with the way out: its weights still export."""
+    scheduler pickled to custom_checkpoint_0.pkl, which Accelerate unpickles without
+    restriction) is refused with the way out: its weights still export."""
     if state.get("scheduler") is not None:
         saved = state["scheduler"]
         if not isinstance(saved, dict) or not {"last_epoch", "base_lrs"} <= set(saved):
