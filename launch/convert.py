@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, ConfigError, FileNotFoundError) as err:
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only or unwritable OUT: one line, as export_hf.py
+        from mhc_lm.train.faults import as_write_fault
+
+        fault = as_write_fault(err)
+        if fault is None:
+            raise
+        print(f"error: {fault.strerror}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -120,3 +120,20 @@ def test_to_llama_refuses_qk_norm(tmp_path, capsys):
     capsys.readouterr()  # the save's own output
     err = _refused(capsys, tmp_path / "out", "to-llama", tmp_path / "src", tmp_path / "out")
     assert "qk_norm" in err, err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_folder(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    src = llama_folder(tmp_path / "llama", **CONFIGS["gqa-untied"])
+    assert convert("from-llama", src, tmp_path / "mhc") == 0
+    capsys.readouterr()
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    err = _refused(capsys, tmp_path / "out", "to-llama", tmp_path / "mhc", tmp_path / "out")
+    assert "no space left on device" in err.lower() and "model.safetensors" in err, err
