@@ -42,6 +42,7 @@ from mhc_lm.config_utils import ConfigError
 from mhc_lm.metrics.spikes import SpikeDetector
 from mhc_lm.run_dir import REWINDS, Divergence, RunDir
 from mhc_lm.train import checkpoint as ckpt_lib
+from mhc_lm.train.diverged import TrainingDiverged
 from mhc_lm.train.resume_with import divergence_advice
 from mhc_lm.train.skip_step import DeviceSpikeDetector
 
@@ -222,8 +223,6 @@ class SpikePolicy:
 
     # ------------------------------------------------------------ rewind
     def _stop(self, trainer, why: str, spike: dict | None = None):
-        from mhc_lm.train.trainer import TrainingDiverged
-
         made = "; ".join(f"step {r['step']} ({r.get('series', 'loss')} {r['value']:.4g} > {r['threshold']:.4g}) -> "
                          f"checkpoint step {r['checkpoint_step']}, {r['batches_skipped']} batches skipped"
                          for r in self.rewinds) or "none"
