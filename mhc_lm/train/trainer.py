@@ -27,21 +27,12 @@ from mhc_lm.train import checkpoint as ckpt_lib
 from mhc_lm.train import init_from, resume_with, run_lock, state_io
 from mhc_lm.train.config import RunConfig, build_model_config
 from mhc_lm.train.data import DataBundle, build_data
-from mhc_lm.train.distributed import (
-    apply_activation_checkpointing,
-    apply_compile,
-    build_accelerator,
-)
+from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
 from mhc_lm.train.diverged import TrainingDiverged
 from mhc_lm.train.optim import build_optimizer, build_scheduler
 from mhc_lm.train.progress import ProgressLog
 from mhc_lm.train.resume import RunDirResume
-from mhc_lm.train.run_log import (
-    MetricsWriter,
-    default_peak_tflops,
-    flops_per_token,
-    memory_stats,
-)
+from mhc_lm.train.run_log import MetricsWriter, default_peak_tflops, flops_per_token, memory_stats
 from mhc_lm.train.spike_policy import SpikePolicy
 from mhc_lm.train.z_loss import ZLoss
 
