@@ -1,10 +1,10 @@
 """Tiny configs and steps shared by the model tests."""
 
-import contextlib
 
 import torch
 
 from mhc_lm.model import RESIDUAL_MODES, MhcLmConfig
+from tests.threads import one_thread  # noqa: F401  (re-exported for the model tests)
 
 MODES = tuple(RESIDUAL_MODES)  # the built-in modes (read before any test registers one)
 
@@ -14,16 +14,6 @@ MODES = tuple(RESIDUAL_MODES)  # the built-in modes (read before any test regist
 # re-initialised tensor moves logits by 1e-2 or more).
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 RELOAD_ATOL = 1e-5
-
-
-@contextlib.contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def tiny_config(mode: str = "standard", **overrides) -> MhcLmConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 
@@ -10,17 +9,7 @@ from mhc_lm.config_utils import from_dict
 from mhc_lm.train.callbacks import BaseCallback
 from mhc_lm.train.config import RunConfig
 from mhc_lm.train.data import DataBundle
-
-@contextlib.contextmanager
-def one_thread():
-    """torch on one thread: the same float reduction order in every run a test compares."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
+from tests.threads import one_thread  # noqa: F401  (re-exported for the train tests)
 
 VOCAB, SEQ = 256, 16
 TINY_MODEL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
