@@ -17,7 +17,7 @@ ROOTS = ("mhc_lm", "evals", "launch")
 # lowest first: a module may import its own layer and the layers under it, never one above
 LAYERS = (
     ("mhc_lm.config_utils", "mhc_lm.files"),
-    ("mhc_lm.kernels",),
+    ("mhc_lm.kernels", "mhc_lm.cpu_kernels"),
     ("mhc_lm.model",),
     ("mhc_lm.presets", "mhc_lm.data", "mhc_lm.run_dir"),
     ("mhc_lm.metrics",),

@@ -47,6 +47,8 @@ class MhcLmConfig(PreTrainedConfig):
     `mhc_init`: "uniform" (b = 0, H_res ~ 1/n, the Megatron/DeepSeek-V4 default) or
     "identity" (b_res = 6I - 3, b_pre = +3 on the layer's home stream, -3 elsewhere).
     `fused_kernels`: use the Triton kernels of `mhc_lm.kernels` on CUDA when importable.
+    `cpu_kernels`: use the numba kernels of `mhc_lm.cpu_kernels` on the CPU when importable (same
+    maths as the torch references, to float rounding; False runs the references).
     `mixing_recompute` (hc/mhc): "none", "sublayer" (recompute each sub-layer's mixing in
     backward from its stored stream input) or "block" (keep only the stream entering every
     `mixing_recompute_layers`-th layer; None = the mHC paper's sqrt(n L / (n + 2))).
@@ -82,6 +84,7 @@ class MhcLmConfig(PreTrainedConfig):
         mhc_gate_init: float = 0.01,
         hc_dynamic: bool = True,
         fused_kernels: bool = False,
+        cpu_kernels: bool = True,
         mixing_recompute: str = "none",
         mixing_recompute_layers: int | None = None,
         h_res_map: str = "sinkhorn",
@@ -114,6 +117,7 @@ class MhcLmConfig(PreTrainedConfig):
         self.mhc_gate_init = mhc_gate_init
         self.hc_dynamic = hc_dynamic
         self.fused_kernels = fused_kernels
+        self.cpu_kernels = cpu_kernels
         self.mixing_recompute = mixing_recompute
         self.mixing_recompute_layers = mixing_recompute_layers
         self.h_res_map = h_res_map

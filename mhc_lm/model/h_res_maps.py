@@ -82,7 +82,7 @@ class HResMap:
         raise NotImplementedError
 
     def __call__(self, logits: torch.Tensor, n: int, *, sinkhorn_iters: int = DEFAULT_SINKHORN_ITERS,
-                 fused: bool = False) -> torch.Tensor:
+                 fused: bool = False, cpu_kernels: bool = False) -> torch.Tensor:
         """H_res (N, n, n) [old i, new j] from logits (N, K), in fp32 (fp64 if given) whatever autocast."""
         self.validate(n)
         K = self.num_outputs(n)
@@ -90,7 +90,7 @@ class HResMap:
             raise ValueError(f"h_res_map={self.name!r} at n={n} takes logits (N, {K}), got {tuple(logits.shape)}")
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return self.matrix(logits.to(dtype), n, sinkhorn_iters=sinkhorn_iters, fused=fused)
+            return self.matrix(logits.to(dtype), n, sinkhorn_iters=sinkhorn_iters, fused=fused, cpu_kernels=cpu_kernels)
 
 
 # ------------------------------------------------------------------ sinkhorn (mHC, arXiv 2512.24880)
@@ -105,8 +105,8 @@ class SinkhornMap(HResMap):
     def identity_bias(self, n: int) -> torch.Tensor:
         return (6.0 * torch.eye(n) - 3.0).flatten()  # (n^2,), as ManifoldHyperConnection's "identity"
 
-    def matrix(self, logits, n, *, sinkhorn_iters=DEFAULT_SINKHORN_ITERS, fused=False, **_):
-        return sinkhorn(logits.reshape(-1, n, n), sinkhorn_iters, fused=fused)  # (N, n, n)
+    def matrix(self, logits, n, *, sinkhorn_iters=DEFAULT_SINKHORN_ITERS, fused=False, cpu_kernels=False, **_):
+        return sinkhorn(logits.reshape(-1, n, n), sinkhorn_iters, fused=fused, cpu_kernels=cpu_kernels)  # (N, n, n)
 
 
 # ------------------------------------------------------------------ permutation (mHC-lite, arXiv 2601.05732)

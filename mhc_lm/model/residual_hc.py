@@ -98,7 +98,7 @@ class HyperConnection(StreamConnection):
         """Everything before F, as a function of the stream and the parameters (what recompute re-runs):
         xs (N, n, C) -> layer input A_m^T H (N, C), A_r (N, n, n), B (N, n)."""
         a_m, a_r, b = self._coefficients(xs, *params)
-        pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams)
+        pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams, cpu_kernels=self.cpu_kernels)
         return pre_mix(xs, a_m), a_r, b
 
 

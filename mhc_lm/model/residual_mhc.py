@@ -85,14 +85,15 @@ class ManifoldHyperConnection(StreamConnection):
         project = dispatch("mhc_coefficients", fused_coefficients, xs.device, self.n_streams)
         h_pre, h_post, logits = project(xs.reshape(N, n * C), phi, alpha, bias, n, self.eps)
         # the H_res map: one call on the flat logits (N, K); for sinkhorn's (N, n, n) a view, no copy
-        h_res = self.h_res_map(logits.reshape(N, -1), n, sinkhorn_iters=self.sinkhorn_iters, fused=self.fused)
+        h_res = self.h_res_map(logits.reshape(N, -1), n, sinkhorn_iters=self.sinkhorn_iters, fused=self.fused,
+                               cpu_kernels=self.cpu_kernels)
         return h_pre, h_post, h_res
 
     def _mix_in(self, xs, phi, alpha, bias):
         """Everything before F, as a function of the stream and the parameters (what recompute re-runs):
         xs (N, n, C) -> layer input H_pre x (N, C), H_res (N, n, n), H_post (N, n)."""
         h_pre, h_post, h_res = self._coefficients(xs, phi, alpha, bias)
-        pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams)
+        pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams, cpu_kernels=self.cpu_kernels)
         return pre_mix(xs, h_pre), h_res, h_post
 
 

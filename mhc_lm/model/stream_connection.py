@@ -31,6 +31,7 @@ class StreamConnection(nn.Module):
         self.sublayer_idx = sublayer_idx
         self.eps = config.rms_norm_eps
         self.fused = config.fused_kernels
+        self.cpu_kernels = getattr(config, "cpu_kernels", True)
         self.record_mixing = False  # set by the probe: keep the last H_res as M[j, i]
         self.last_mixing: torch.Tensor | None = None
 
@@ -55,8 +56,8 @@ class StreamConnection(nn.Module):
         if self.record_mixing:
             self.last_mixing = h_res.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
         f = sublayer(layer_in.view(B, T, C))  # F(layer input), (B, T, C)
-        forward_fn = dispatch("post_res", self.fused, x.device, n)
-        backward_fn = dispatch("post_res_backward", self.fused, x.device, n)
+        forward_fn = dispatch("post_res", self.fused, x.device, n, cpu_kernels=self.cpu_kernels)
+        backward_fn = dispatch("post_res_backward", self.fused, x.device, n, cpu_kernels=self.cpu_kernels)
         out = post_res(xs, f.reshape(B * T, C), h_res, h_post, forward_fn, backward_fn, stream_of(recompute))
         return out.view(B, T, n, C)  # H_res x + H_post^T f
 

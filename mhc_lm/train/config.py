@@ -81,6 +81,8 @@ class ModelSection:
     before its removal still load, and ignored."""
     fused_kernels: bool | None = None
     """Use the Triton kernels on CUDA when installed."""
+    cpu_kernels: bool | None = None
+    """Use the numba kernels on CPU when installed (the default); false runs the torch references."""
     mixing_recompute: Literal["none", "sublayer", "block"] | None = None
     """hc/mhc: recompute the stream mixing in backward: none | sublayer | block."""
     mixing_recompute_layers: int | None = None

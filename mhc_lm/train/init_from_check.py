@@ -23,7 +23,7 @@ ARCHITECTURE_FIELDS = ("residual_mode", "vocab_size", "hidden_size", "intermedia
                        "rope_theta", "rms_norm_eps", "block_norm", "qk_norm")
 # Compared only in the residual modes they belong to: each mode's `architecture_fields`.
 # Free to set in the run config (the run's value wins): no effect on the weights' meaning.
-RUN_FIELDS = ("max_position_embeddings", "initializer_range", "mhc_init", "mhc_gate_init", "fused_kernels",
+RUN_FIELDS = ("max_position_embeddings", "initializer_range", "mhc_init", "mhc_gate_init", "fused_kernels", "cpu_kernels",
               "mixing_recompute", "mixing_recompute_layers", "attention_dropout", "pad_token_id", "bos_token_id",
               "eos_token_id")
 

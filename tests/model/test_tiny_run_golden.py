@@ -8,7 +8,13 @@ import json
 
 import pytest
 
-from tests.model.tiny_run_golden import GOLDEN, MODES, VARIANTS, tiny_run
+from tests.model.tiny_run_golden import (
+    GOLDEN,
+    MODES,
+    REFERENCE_PATH,
+    VARIANTS,
+    tiny_run,
+)
 
 RECORDED = json.loads(GOLDEN.read_text())["runs"]
 
@@ -20,12 +26,16 @@ def work_dir(tmp_path_factory):
 
 def check(name: str, work_dir) -> None:
     run = tiny_run(name, work_dir, work_dir / "data")
+    name = REFERENCE_PATH.get(name, name)
     assert run["state_dict_keys"] == RECORDED[name]["state_dict_keys"]
-    # one thread, same code path: the float ops are the same, so the losses are equal to the bit
-    assert run["losses"] == RECORDED[name]["losses"], name
+    # one thread, same code path: the same float ops. Equal to the bit on the machine that recorded them;
+    # another CPU's BLAS and numba vector width round differently (measured: <= 2 ulp of the loss, 2e-6),
+    # so 1e-5 per step: a change of the maths moves a 20-step loss by far more
+    diffs = [abs(a - b) for a, b in zip(run["losses"], RECORDED[name]["losses"], strict=True)]
+    assert max(diffs) <= 1e-5, (name, max(diffs))
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES + tuple(REFERENCE_PATH))
 def test_tiny_run_losses_match_the_golden_file(mode, work_dir):
     check(mode, work_dir)
 

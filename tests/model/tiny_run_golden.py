@@ -29,10 +29,15 @@ VARIANTS = {  # name -> model overrides on top of configs/tiny_cpu.yaml (run by 
     "standard_post_norm": ["model.residual_mode=standard", "model.block_norm=post"],
     "grid_post_norm": ["model.residual_mode=grid", "model.block_norm=post"],
 }
+# the torch reference path of the mixing ops (`model.cpu_kernels: false`) against the same recording:
+# the CPU kernels (the default) and the references compute the same maths
+REFERENCE_PATH = {"hc_reference": "hc", "mhc_reference": "mhc"}
 STEPS = 20
 
 
 def overrides_of(name: str) -> list[str]:
+    if name in REFERENCE_PATH:
+        return [f"model.residual_mode={REFERENCE_PATH[name]}", "model.cpu_kernels=false"]
     return VARIANTS.get(name, [f"model.residual_mode={name}"])
 
 
