@@ -17,6 +17,6 @@ try:
 except Exception as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"mhc_lm.cpu_kernels needs numba (pip install numba): {exc}") from exc
 
-from .ops import cpu_post_res, cpu_post_res_backward, cpu_pre_mix, cpu_sinkhorn
+from .ops import cpu_hc_mix_in, cpu_post_res, cpu_post_res_backward, cpu_pre_mix, cpu_sinkhorn
 
-__all__ = ["cpu_sinkhorn", "cpu_pre_mix", "cpu_post_res", "cpu_post_res_backward"]
+__all__ = ["cpu_sinkhorn", "cpu_pre_mix", "cpu_post_res", "cpu_post_res_backward", "cpu_hc_mix_in"]

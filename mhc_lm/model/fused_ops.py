@@ -2,6 +2,7 @@
 
     op                 reference (defines the meaning)          CUDA (mhc_lm.kernels)     n <=  CPU (mhc_lm.cpu_kernels)
     mhc_coefficients   stream_ops.mhc_coefficients_reference    fused_mhc_coefficients       8  -
+    hc_mix_in          stream_ops.hc_mix_in_reference           -                            8  cpu_hc_mix_in
     pre_mix            stream_ops.pre_mix_reference             fused_pre_mix                8  cpu_pre_mix
     post_res           stream_ops.post_res_reference            fused_post_res               8  cpu_post_res
     post_res_backward  stream_ops.post_res_backward_reference   fused_post_res_backward      8  cpu_post_res_backward
@@ -25,6 +26,7 @@ import torch
 
 from .sinkhorn import DEFAULT_SINKHORN_ITERS, SINKHORN_EPS, sinkhorn_reference
 from .stream_ops import (
+    hc_mix_in_reference,
     mhc_coefficients_reference,
     post_res_backward_reference,
     post_res_reference,
@@ -36,8 +38,8 @@ from .stream_ops import (
 class FusedOp:
     reference: Callable
     """Pure-PyTorch implementation: the meaning of the op, and what runs without the kernel."""
-    kernel: str
-    """Name of the Triton implementation in `mhc_lm.kernels`."""
+    kernel: str | None
+    """Name of the Triton implementation in `mhc_lm.kernels` (None: the reference on CUDA)."""
     max_streams: int
     """Largest n the kernel is built for; beyond it the reference runs."""
     kernel_dtypes: tuple[torch.dtype, ...] | None = None
@@ -49,6 +51,8 @@ class FusedOp:
 FUSED_OPS: dict[str, FusedOp] = {
     "mhc_coefficients": FusedOp(mhc_coefficients_reference, "fused_mhc_coefficients", 8),
     "pre_mix": FusedOp(pre_mix_reference, "fused_pre_mix", 8, cpu_kernel="cpu_pre_mix"),
+    # HC's dynamic coefficients + pre-mix as one op (on CUDA: the reference, with the fused pre-mix)
+    "hc_mix_in": FusedOp(hc_mix_in_reference, None, 8, cpu_kernel="cpu_hc_mix_in"),
     "post_res": FusedOp(post_res_reference, "fused_post_res", 8, cpu_kernel="cpu_post_res"),
     "post_res_backward": FusedOp(post_res_backward_reference, "fused_post_res_backward", 8,
                                  cpu_kernel="cpu_post_res_backward"),
@@ -64,7 +68,8 @@ def fused_kernel(name: str) -> Callable | None:
         import mhc_lm.kernels as kernels  # type: ignore
     except ImportError:
         return None
-    return getattr(kernels, FUSED_OPS[name].kernel, None)
+    name = FUSED_OPS[name].kernel
+    return None if name is None else getattr(kernels, name, None)
 
 
 def cpu_kernel(name: str) -> Callable | None:

@@ -24,8 +24,8 @@ from torch import nn
 from transformers import initialization as init
 
 from .fused_ops import dispatch
-from .norm_projection import norm_projection
 from .stream_connection import MultiStreamMode, StreamConnection
+from .stream_ops import hc_coefficients_reference
 
 
 class HyperConnection(StreamConnection):
@@ -77,28 +77,19 @@ class HyperConnection(StreamConnection):
             return static
         return static + (self.norm_weight, self.dynamic_proj, self.dynamic_alpha_scale, self.dynamic_beta_scale)
 
-    def _coefficients(self, x, alpha_m, alpha_r, beta, norm_weight=None, proj=None, alpha_scale=None, beta_scale=None):
+    def _coefficients(self, x, *params):
         """x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j], B (N, n), all fp32."""
-        N, n = x.shape[0], self.n_streams
-        a_m = alpha_m.float().expand(N, n)
-        a_r = alpha_r.float().expand(N, n, n)
-        b = beta.float().expand(N, n)
-        if self.dynamic:
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                # H_bar W = r (x (w * W)) with r = rsqrt(mean_c x^2 + eps) per token and stream: the same
-                # product without the normalised (N, n, C) copy of the stream (`norm_projection`)
-                weighted = norm_weight.float().unsqueeze(-1) * proj.float()  # (C, n + 2), small
-                d = torch.tanh(norm_projection(x.reshape(N * n, -1), weighted, self.eps).view(N, n, -1))  # row i: stream i
-                a_m = a_m + alpha_scale.float() * d[..., 0]
-                a_r = a_r + alpha_scale.float() * d[..., 1 : n + 1]
-                b = b + beta_scale.float() * d[..., n + 1]
-        return a_m, a_r, b
+        return hc_coefficients_reference(x, *params, eps=self.eps)
 
     def _mix_in(self, xs, *params):
         """Everything before F, as a function of the stream and the parameters (what recompute re-runs):
-        xs (N, n, C) -> layer input A_m^T H (N, C), A_r (N, n, n), B (N, n)."""
-        a_m, a_r, b = self._coefficients(xs, *params)
+        xs (N, n, C) -> layer input A_m^T H (N, C), A_r (N, n, n), B (N, n). The dynamic form is one op
+        (`fused_ops`: numba on the CPU when `cpu_kernels`, else coefficients + pre-mix)."""
         pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams, cpu_kernels=self.cpu_kernels)
+        if self.dynamic:
+            mix_in = dispatch("hc_mix_in", self.fused, xs.device, self.n_streams, cpu_kernels=self.cpu_kernels)
+            return mix_in(xs, *params, eps=self.eps, pre_mix=pre_mix)
+        a_m, a_r, b = self._coefficients(xs, *params)
         return pre_mix(xs, a_m), a_r, b
 
 

@@ -60,6 +60,34 @@ def mhc_coefficients_reference(
     return h_pre, h_post, h_res_logits
 
 
+def hc_coefficients_reference(x, alpha_m, alpha_r, beta, norm_weight=None, proj=None, alpha_scale=None,
+                              beta_scale=None, eps: float = 1e-6):
+    """HC's coefficients (`residual_hc.py`): x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j],
+    B (N, n), all fp32; the dynamic part when `proj` is given."""
+    N, n = x.shape[0], alpha_m.shape[0]
+    a_m = alpha_m.float().expand(N, n)
+    a_r = alpha_r.float().expand(N, n, n)
+    b = beta.float().expand(N, n)
+    if proj is not None:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            # H_bar W = r (x (w * W)) with r = rsqrt(mean_c x^2 + eps) per token and stream: the same
+            # product without the normalised (N, n, C) copy of the stream (`norm_projection`)
+            weighted = norm_weight.float().unsqueeze(-1) * proj.float()  # (C, n + 2), small
+            d = torch.tanh(norm_projection(x.reshape(N * n, -1), weighted, eps).view(N, n, -1))  # row i: stream i
+            a_m = a_m + alpha_scale.float() * d[..., 0]
+            a_r = a_r + alpha_scale.float() * d[..., 1 : n + 1]
+            b = b + beta_scale.float() * d[..., n + 1]
+    return a_m, a_r, b
+
+
+def hc_mix_in_reference(x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps: float = 1e-6,
+                        pre_mix=None):
+    """HC's dynamic mix-in: (layer input A_m^T x (N, C), A_r, B) from `hc_coefficients_reference` and
+    `pre_mix` (default `pre_mix_reference`)."""
+    a_m, a_r, b = hc_coefficients_reference(x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps)
+    return (pre_mix or pre_mix_reference)(x, a_m), a_r, b
+
+
 class _PreMix(torch.autograd.Function):
     """sum_i h_pre[i] x_i with an explicit backward: dx_i = h_pre[i] g (one broadcast multiply: autograd's
     bmm of an (n, 1) by a (1, C) matrix per token took 5x as long) and dh_pre[i] = <x_i, g>."""

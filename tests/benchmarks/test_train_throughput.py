@@ -29,9 +29,16 @@ def test_a_row_per_variant_with_overrides_applied(capsys):
     params = {name: int(row.split("|")[2].replace(",", "")) for name, row in rows.items() if name != "mode"}
     assert params["mhc@sinkhorn_iters=0"] == params["mhc"]  # iterations change no parameter
     assert params["mhc:block@n_streams=2"] < params["mhc"]  # n = 2 streams: a smaller phi
-    saved = {name: float(row.split("|")[6]) for name, row in rows.items() if name != "mode"}
+    saved = {name: float(row.split("|")[7]) for name, row in rows.items() if name != "mode"}
     assert saved["mhc"] > saved["standard"] > 0  # n fp32 streams kept per sub-layer
     assert saved["mhc:block@n_streams=2"] < saved["mhc"]
+
+
+def test_a_bool_field_override_is_parsed(capsys):
+    code, out = run(capsys, "--variants", "standard,mhc@cpu_kernels=false,mhc@cpu_kernels=true")
+    assert code == 0 and "| mhc@cpu_kernels=false |" in out
+    code, _ = run(capsys, "--variants", "standard,mhc@cpu_kernels=no")
+    assert "takes true or false" in str(code)
 
 
 def test_an_unknown_model_field_is_named(capsys):

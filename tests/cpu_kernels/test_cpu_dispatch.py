@@ -63,7 +63,7 @@ def test_the_kernels_actually_run_in_the_model(monkeypatch):
     import mhc_lm.cpu_kernels.ops as ops
 
     calls = []
-    for name in ("pre_mix_forward", "post_res_forward", "post_res_backward", "pre_mix_backward"):
+    for name in ("pre_mix_forward", "post_res_forward", "post_res_backward", "pre_mix_backward"):  # mhc
         real = getattr(ops._sm, name)
         monkeypatch.setattr(ops._sm, name, lambda *a, _real=real, _n=name: (calls.append(_n), _real(*a))[1])
     real_sk = ops._sk.sinkhorn_backward
@@ -73,4 +73,19 @@ def test_the_kernels_actually_run_in_the_model(monkeypatch):
     assert {"pre_mix_forward", "post_res_forward", "post_res_backward", "pre_mix_backward", "sinkhorn_backward"} <= set(calls)
     calls.clear()
     loss_and_grads(model("mhc", cpu_kernels=False), ids)
+    assert not calls
+
+
+def test_hc_runs_its_fused_mix_in(monkeypatch):
+    import mhc_lm.cpu_kernels.ops as ops
+
+    calls = []
+    for name in ("hc_mix_in_forward", "hc_mix_in_backward"):
+        real = getattr(ops._hc, name)
+        monkeypatch.setattr(ops._hc, name, lambda *a, _real=real, _n=name: (calls.append(_n), _real(*a))[1])
+    ids = torch.randint(3, 256, (2, 16))
+    loss_and_grads(model("hc"), ids)
+    assert calls.count("hc_mix_in_forward") == 4 and calls.count("hc_mix_in_backward") == 4  # 2 layers x 2 sub-layers
+    calls.clear()
+    loss_and_grads(model("hc", hc_dynamic=False), ids)  # the static form has no projection: coefficients + pre-mix
     assert not calls

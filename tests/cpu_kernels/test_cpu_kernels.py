@@ -149,3 +149,26 @@ def test_results_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("N, n, C", [(37, 4, 48), (5, 8, 33), (1, 2, 1), (64, 3, 300)])
+def test_hc_mix_in_equals_the_reference(N, n, C):
+    """HC's dynamic coefficients + pre-mix: the layer input, A_r, B and the gradients of the stream
+    and of all seven parameters, away from the init (every term carries signal)."""
+    from mhc_lm.cpu_kernels import cpu_hc_mix_in
+    from mhc_lm.model.stream_ops import hc_mix_in_reference
+
+    g = torch.Generator().manual_seed(N + n + C)
+    x = torch.randn(N, n, C, generator=g)
+    params = [torch.randn(n, generator=g), torch.randn(n, n, generator=g), torch.randn(n, generator=g),
+              1 + 0.1 * torch.randn(C, generator=g), 0.3 * torch.randn(C, n + 2, generator=g),
+              torch.full((1,), 0.7), torch.full((1,), -0.4)]
+    grads = [torch.randn(N, C, generator=g), torch.randn(N, n, n, generator=g), torch.randn(N, n, generator=g)]
+    res = []
+    for fn in (cpu_hc_mix_in, hc_mix_in_reference):
+        leaves = [t.clone().requires_grad_() for t in (x, *params)]
+        outs = fn(*leaves, eps=1e-6)
+        res.append([o.detach() for o in outs] + list(torch.autograd.grad(outs, leaves, grads)))
+    for a, b in zip(*res, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=5e-5 * max(1.0, b.abs().max().item()), rtol=1e-4)

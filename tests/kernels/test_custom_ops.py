@@ -58,9 +58,10 @@ def test_opcheck_non_contiguous_inputs(op):
 
 def test_dispatch_table_names_every_kernel_and_falls_back_beyond_its_limit():
     cuda = torch.device("cuda")  # nothing is allocated: the choice is made from the arguments
-    assert set(fused_ops.FUSED_OPS) == {"mhc_coefficients", "pre_mix", "post_res", "post_res_backward", "sinkhorn"}
+    assert set(fused_ops.FUSED_OPS) == {"mhc_coefficients", "hc_mix_in", "pre_mix", "post_res", "post_res_backward",
+                                        "sinkhorn"}
     for name, op in fused_ops.FUSED_OPS.items():
-        assert fused_ops.fused_kernel(name) is getattr(kernels, op.kernel)
+        assert fused_ops.fused_kernel(name) is (None if op.kernel is None else getattr(kernels, op.kernel))
         assert fused_ops.dispatch(name, True, cuda, op.max_streams + 1) is op.reference
         assert fused_ops.dispatch(name, True, torch.device("cpu"), 2) is op.reference
         assert fused_ops.dispatch(name, False, cuda, 2) is op.reference
@@ -98,13 +99,14 @@ def _kernels_on_cpu(monkeypatch) -> list:
     """Route the model's dispatch to the kernels on CPU (it picks them only on CUDA); returns the call log."""
     calls = []
 
-    def dispatch(name, fused, device, n_streams=None):
-        if fused:
+    def dispatch(name, fused, device, n_streams=None, **_):
+        op = fused_ops.FUSED_OPS[name]
+        if fused and op.kernel is not None:
             calls.append(name)
-            return getattr(kernels, f"fused_{name}")
-        return fused_ops.FUSED_OPS[name].reference
+            return getattr(kernels, op.kernel)
+        return op.reference
 
-    def sinkhorn(logits, iters=20, eps=1e-6, fused=False):
+    def sinkhorn(logits, iters=20, eps=1e-6, fused=False, **_):
         if fused:
             calls.append("sinkhorn")
             return kernels.fused_sinkhorn(logits, iters, eps)

@@ -1,0 +1,90 @@
+"""HC's dynamic mix-in on CPU as numba loops: coefficients and pre-mix in one pass over the stream,
+and their backward in one more (the maths of `mhc_lm.model.stream_ops.hc_mix_in_reference`).
+
+Per token t and stream i (K = n + 2 columns [W_m | W_r | W_b], P = x W from one BLAS matmul):
+
+    r_i = rsqrt(mean_c x_i^2 + eps);  d_i = tanh(r_i P_i)
+    A_m[i] = a_m[i] + s_a d_i[0];  A_r[i, j] = a_r[i, j] + s_a d_i[1 + j];  B[i] = b[i] + s_b d_i[n + 1]
+    h = sum_i A_m[i] x_i
+
+Backward, for g = dL/dh, G_r = dL/dA_r, G_b = dL/dB:
+
+    dA_m[i] = <x_i, g>;  dd_i = s_a [dA_m[i], G_r[i, :]], s_b G_b[i];  dz = dd (1 - d^2)
+    dP_i = r_i dz;  dr_i = sum_k dz_k P_ik
+    dx_i = A_m[i] g - (dr_i r_i^3 / C) x_i + W dP_i                 (W's K columns in L1)
+
+with the per-token terms of ds_a, ds_b written out for a torch sum; dW = x^T dP is one BLAS
+matmul. Every token is independent, so nothing depends on the thread count.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .stream_mix import REDUCE
+
+
+@nb.njit(parallel=True, cache=True, fastmath=REDUCE)
+def hc_mix_in_forward(x, p, alpha_m, alpha_r, beta, sa, sb, eps, out, a_m, a_r, b, r, d):
+    N, n, C = x.shape
+    K = p.shape[2]
+    for t in nb.prange(N):
+        for i in range(n):
+            ss = x[t, i, 0] * 0
+            for c in range(C):
+                ss += x[t, i, c] * x[t, i, c]
+            ri = 1 / np.sqrt(ss / C + eps)
+            r[t, i] = ri
+            for k in range(K):
+                d[t, i, k] = np.tanh(p[t, i, k] * ri)
+            a_m[t, i] = alpha_m[i] + sa * d[t, i, 0]
+            for j in range(n):
+                a_r[t, i, j] = alpha_r[i, j] + sa * d[t, i, 1 + j]
+            b[t, i] = beta[i] + sb * d[t, i, n + 1]
+        for c in range(C):
+            out[t, c] = a_m[t, 0] * x[t, 0, c]
+        for i in range(1, n):
+            h = a_m[t, i]
+            for c in range(C):
+                out[t, c] += h * x[t, i, c]
+
+
+@nb.njit(parallel=True, cache=True, fastmath=REDUCE)
+def hc_mix_in_backward(x, p, wt, a_m, r, d, sa, sb, g, g_ar, g_b, dx, dp, dh_pre, dsa, dsb):
+    N, n, C = x.shape
+    K = p.shape[2]
+    for t in nb.prange(N):
+        acc_a = x[t, 0, 0] * 0
+        acc_b = x[t, 0, 0] * 0
+        for i in range(n):
+            dh = x[t, i, 0] * 0
+            for c in range(C):
+                dh += x[t, i, c] * g[t, c]
+            dh_pre[t, i] = dh
+            acc_a += dh * d[t, i, 0]
+            for j in range(n):
+                acc_a += g_ar[t, i, j] * d[t, i, 1 + j]
+            acc_b += g_b[t, i] * d[t, i, n + 1]
+            ri = r[t, i]
+            dr = x[t, i, 0] * 0
+            for k in range(K):
+                if k == 0:
+                    dd = sa * dh
+                elif k <= n:
+                    dd = sa * g_ar[t, i, k - 1]
+                else:
+                    dd = sb * g_b[t, i]
+                dz = dd * (1 - d[t, i, k] * d[t, i, k])
+                dp[t, i, k] = dz * ri
+                dr += dz * p[t, i, k]
+            scale = -dr * ri * ri * ri / C
+            h = a_m[t, i]
+            for c in range(C):
+                dx[t, i, c] = h * g[t, c] + scale * x[t, i, c]
+            for k in range(K):
+                q = dp[t, i, k]
+                for c in range(C):
+                    dx[t, i, c] += q * wt[k, c]
+        dsa[t] = acc_a
+        dsb[t] = acc_b
