@@ -15,10 +15,15 @@ from . import stream_mix as _sm
 
 
 def _threads() -> None:
-    """numba's parallel loops use torch's intra-op thread count (`torch.set_num_threads`)."""
-    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    """numba's parallel loops use torch's intra-op thread count (`torch.set_num_threads`). numba's
+    OpenMP pool, launched on first use, sets the OpenMP thread count that torch shares (torch's
+    count read 2 after a kernel ran under `torch.set_num_threads(1)`): torch's is put back."""
+    torch_threads = torch.get_num_threads()
+    want = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != want:
         numba.set_num_threads(want)
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
 
 
 def _dtype(t: torch.Tensor) -> torch.dtype:

@@ -172,3 +172,17 @@ def test_hc_mix_in_equals_the_reference(N, n, C):
     for a, b in zip(*res, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         torch.testing.assert_close(a, b, atol=5e-5 * max(1.0, b.abs().max().item()), rtol=1e-4)
+
+
+def test_running_a_kernel_leaves_torchs_thread_count_alone():
+    """numba's OpenMP pool, launched by the first kernel of a process, set the OpenMP thread count
+    torch shares: a 1-thread run became 2-thread. Checked in a fresh process (the pool is per process)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from mhc_lm.cpu_kernels import cpu_pre_mix, cpu_sinkhorn\n"
+            "cpu_sinkhorn(torch.randn(8, 4, 4), 20, 1e-6); cpu_pre_mix(torch.randn(8, 4, 16), torch.rand(8, 4))\n"
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split()[-1] == "1"
