@@ -59,8 +59,8 @@ def _fused_dispatch(real, calls):
             return kernels[name](*args)
         return kernel
 
-    def dispatch(name, fused, device, n_streams=None):  # the CUDA choice, made on CPU (interpreter)
-        return counted(name) if fused and name in kernels else real(name, fused, device, n_streams)
+    def dispatch(name, fused, device, n_streams=None, **kw):  # the CUDA choice, made on CPU (interpreter)
+        return counted(name) if fused and name in kernels else real(name, fused, device, n_streams, **kw)
     return dispatch
 
 
