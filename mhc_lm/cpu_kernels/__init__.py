@@ -6,7 +6,8 @@ semantics and output dtypes as their torch references in `mhc_lm.model` (`stream
 each token's n x n Sinkhorn iterates in registers and L1. They run where the model's dispatch
 (`mhc_lm.model.fused_ops`) picks them: tensors on the CPU and `model.cpu_kernels: true` (the
 default). Compiled code is cached on disk (numba `cache=True`: next to these files, or numba's
-user-wide cache when that folder is read-only), so a process pays the compile once per machine.
+user-wide cache when that folder is read-only), so a process pays the compile once per machine; the first call per signature holds a file lock
+(`cache_lock.py`), since numba's cache is not safe for processes that compile at once.
 
 A leaf package like `mhc_lm.kernels`: it imports nothing of `mhc_lm`. Importing it raises
 ImportError when numba is missing or broken, which the dispatch reads as "no CPU kernels".

@@ -12,6 +12,7 @@ import torch
 from . import hc_mix_in as _hc
 from . import sinkhorn as _sk
 from . import stream_mix as _sm
+from .cache_lock import run
 
 
 def _threads() -> None:
@@ -58,7 +59,7 @@ def _sinkhorn_forward(logits, iters, eps):
     lt = _tokens_last(logits, dtype)
     out = torch.empty_like(lt)
     _threads()
-    _sk.sinkhorn_forward(lt.numpy(), iters, _scalar(eps, dtype), out.numpy())
+    run(_sk.sinkhorn_forward, lt.numpy(), iters, _scalar(eps, dtype), out.numpy())
     return out.permute(2, 0, 1).reshape(logits.shape), lt
 
 
@@ -76,7 +77,7 @@ class _CpuSinkhorn(torch.autograd.Function):
         g = _tokens_last(grad, lt.dtype)
         dl = torch.empty_like(lt)
         _threads()
-        _sk.sinkhorn_backward(lt.numpy(), g.numpy(), ctx.iters, _scalar(ctx.eps, lt.dtype),
+        run(_sk.sinkhorn_backward, lt.numpy(), g.numpy(), ctx.iters, _scalar(ctx.eps, lt.dtype),
                               _scalar(_flush_below(lt.dtype), lt.dtype), dl.numpy())
         return dl.permute(2, 0, 1).reshape(grad.shape), None, None
 
@@ -98,7 +99,7 @@ class _CpuPreMix(torch.autograd.Function):
         ctx.save_for_backward(x, h_pre)
         out = x.new_empty(x.shape[0], x.shape[2])
         _threads()
-        _sm.pre_mix_forward(x.numpy(), h_pre.numpy(), out.numpy())
+        run(_sm.pre_mix_forward, x.numpy(), h_pre.numpy(), out.numpy())
         return out
 
     @staticmethod
@@ -106,7 +107,7 @@ class _CpuPreMix(torch.autograd.Function):
         x, h_pre = ctx.saved_tensors
         dx, dh = torch.empty_like(x), torch.empty_like(h_pre)
         _threads()
-        _sm.pre_mix_backward(x.numpy(), h_pre.numpy(), _np(grad, x.dtype), dx.numpy(), dh.numpy())
+        run(_sm.pre_mix_backward, x.numpy(), h_pre.numpy(), _np(grad, x.dtype), dx.numpy(), dh.numpy())
         return dx, dh
 
 
@@ -124,7 +125,7 @@ def cpu_post_res(x, f_out, h_res, h_post):
     dtype = torch.float32
     out = torch.empty(x.shape, dtype=dtype)
     _threads()
-    _sm.post_res_forward(_np(x, dtype), _np(f_out, dtype), _np(h_res, dtype), _np(h_post, dtype), out.numpy())
+    run(_sm.post_res_forward, _np(x, dtype), _np(f_out, dtype), _np(h_res, dtype), _np(h_post, dtype), out.numpy())
     return out.to(x.dtype)
 
 
@@ -136,7 +137,7 @@ def cpu_post_res_backward(x, f_out, h_res, h_post, grad):
     dh_res = torch.empty(h_res.shape, dtype=dtype)
     dh_post = torch.empty(h_post.shape, dtype=dtype)
     _threads()
-    _sm.post_res_backward(_np(x, dtype), _np(f_out, dtype), _np(h_res, dtype), _np(h_post, dtype), _np(grad, dtype),
+    run(_sm.post_res_backward, _np(x, dtype), _np(f_out, dtype), _np(h_res, dtype), _np(h_post, dtype), _np(grad, dtype),
                           dx.numpy(), df.numpy(), dh_res.numpy(), dh_post.numpy())
     return dx.to(x.dtype), df.to(f_out.dtype), dh_res.to(h_res.dtype), dh_post.to(h_post.dtype)
 
@@ -160,7 +161,7 @@ class _CpuHcMixIn(torch.autograd.Function):
         d = torch.empty(N, n, K, dtype=f32)
         sa, sb = alpha_scale.detach().to(f32).item(), beta_scale.detach().to(f32).item()
         _threads()
-        _hc.hc_mix_in_forward(x32.numpy(), p.numpy(), _np(alpha_m, f32), _np(alpha_r, f32), _np(beta, f32),
+        run(_hc.hc_mix_in_forward, x32.numpy(), p.numpy(), _np(alpha_m, f32), _np(alpha_r, f32), _np(beta, f32),
                               _scalar(sa, f32), _scalar(sb, f32), _scalar(eps, f32), out.numpy(), a_m.numpy(),
                               a_r.numpy(), b.numpy(), r.numpy(), d.numpy())
         ctx.save_for_backward(x, norm_weight, proj, w, p, a_m, r, d)
@@ -180,7 +181,7 @@ class _CpuHcMixIn(torch.autograd.Function):
         dx, dp = torch.empty(N, n, C, dtype=f32), torch.empty_like(p)
         dh_pre, dsa, dsb = torch.empty(N, n, dtype=f32), torch.empty(N, dtype=f32), torch.empty(N, dtype=f32)
         _threads()
-        _hc.hc_mix_in_backward(x32.numpy(), p.numpy(), w.t().contiguous().numpy(), a_m.numpy(), r.numpy(), d.numpy(),
+        run(_hc.hc_mix_in_backward, x32.numpy(), p.numpy(), w.t().contiguous().numpy(), a_m.numpy(), r.numpy(), d.numpy(),
                                _scalar(sa, f32), _scalar(sb, f32), _np(g, f32), _np(g_ar, f32), _np(g_b, f32),
                                dx.numpy(), dp.numpy(), dh_pre.numpy(), dsa.numpy(), dsb.numpy())
         dw = torch.mm(x32.view(N * n, C).t(), dp.view(N * n, -1))  # (C, K)

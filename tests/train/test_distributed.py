@@ -48,8 +48,19 @@ def launch(config_file, run_dir, tmp_path, overrides=(), timeout=300):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / config_file),
            str(TOY_RUN), str(cfg_path), *overrides]
     out = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 0, failure(out)
     return out.stdout
+
+
+def failure(out) -> str:
+    """What a failed launch printed, the ranks' own lines first: the launcher's ChildFailedError
+    report fills the tail of stderr and hides the cause (a rank's abort message, its traceback)."""
+    launcher = ("torch/distributed", "accelerate/commands", "ChildFailedError", "launch_agent", "elastic_launch")
+    salient = [line for line in out.stderr.splitlines()
+               if any(k in line for k in ("rror", "erminat", "abort", "Abort", "Fatal", "xception", "signal"))
+               and not any(k in line for k in launcher)]
+    return "\n".join(["rank lines:", *salient[:30], "--- stdout tail:", out.stdout[-1500:],
+                      "--- stderr head:", out.stderr[:2500]])
 
 
 def assert_same_losses(run_dir, reference, rtol=1e-5):

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from mhc_lm.train.run_log import read_metrics
-from tests.train.test_distributed import launch
+from tests.train.test_distributed import failure, launch
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests" / "train" / "dist_worker.py"
@@ -35,7 +35,7 @@ def torchrun(mode: str, tmp_path: Path, *args: str, timeout: int = 240) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(WORKER), mode, str(tmp_path), *args]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert out.returncode == 0, failure(out)
     return out.stdout
 
 
@@ -151,7 +151,7 @@ def test_fsdp_through_accelerate_keeps_fp32_parameters_on_gpu(tmp_path):
            str(REPO / "configs/accelerate/fsdp_8gpu.yaml"), "--num_processes", str(n), str(WORKER),
            "accelerate_fsdp", str(tmp_path)]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert out.returncode == 0, failure(out)
     report = json.loads((tmp_path / "fsdp_report.json").read_text())
     assert set(report["param_dtypes_in_forward"].values()) == {"torch.float32"}
     assert "probe/loss" in report["step0_probe"]
