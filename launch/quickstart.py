@@ -1,7 +1,7 @@
 """Quickstart: prepare the embedded corpus, train the tiny model in all four residual modes on
 CPU, export each as a Hugging Face folder, and plot their loss curves side by side.
 
-    python launch/quickstart.py                  # 4 x 300 steps: ~4 min on 2 CPU cores (docs/training.md)
+    python launch/quickstart.py                  # 4 x 300 steps: ~4 min on 2 CPU cores (README)
     python launch/quickstart.py --steps 100 --modes standard mhc
     python launch/quickstart.py train.batch_size=16 --steps 200   # dotted overrides before --modes
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -84,6 +86,25 @@ def _finished(run_dir: Path, steps: int) -> bool:
     return any(r.get("step") == steps and "loss" in r for r in read_metrics(metrics))
 
 
+def start_kernel_warmup(configs) -> subprocess.Popen | None:
+    """Compile the CPU kernels in a background process (`python -m mhc_lm.cpu_kernels.warm`) while the
+    data is prepared and standard trains: ~20 s once per machine, then a cache load. None when no run
+    uses them (CUDA, `model.cpu_kernels: false`, standard only) or numba is missing."""
+    import torch
+
+    if torch.cuda.is_available() or not any(c.model.cpu_kernels is not False and c.model.residual_mode != "standard"
+                                            for c in configs):
+        return None
+    try:
+        import mhc_lm.cpu_kernels  # noqa: F401
+    except ImportError:
+        return None
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.Popen([sys.executable, "-m", "mhc_lm.cpu_kernels.warm"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny_cpu.yaml")
@@ -95,13 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
 
-    import torch
-
-    import mhc_lm.data as data
     import mhc_lm.train as train
     from mhc_lm.config_utils import ConfigError
-    from mhc_lm.metrics import build_callbacks
-    from mhc_lm.run_dir import read_metrics
     from mhc_lm.train.config import REPO_ROOT
 
     config_path = Path(args.config) if Path(args.config).is_file() else REPO_ROOT / args.config
@@ -113,6 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    warmup = start_kernel_warmup(configs)
+    try:
+        return train_all(args, base, configs)
+    finally:
+        if warmup is not None and warmup.poll() is None:
+            warmup.terminate()  # an early exit; a half-written cache entry is recompiled by the next run
+            warmup.wait()
+
+
+def train_all(args, base, configs) -> int:
+    """Prepare the data, train every mode (resuming or reusing finished runs), plot, summarise."""
+    import torch
+
+    from mhc_lm import data, train
+    from mhc_lm.config_utils import ConfigError
+    from mhc_lm.metrics import build_callbacks
+    from mhc_lm.run_dir import read_metrics
+
     print(f"[quickstart] preparing the embedded corpus -> {base.data.out_dir}", flush=True)
     data.prepare_data(base.data)
     summary = {}

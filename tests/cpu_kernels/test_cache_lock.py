@@ -99,3 +99,30 @@ def test_two_processes_on_a_fresh_cache_then_a_third_loads_it(tmp_path):
     results = [torch.load(o) for o in outs]
     for r in results[1:]:
         assert torch.equal(r["p"], results[0]["p"]) and torch.equal(r["g"], results[0]["g"])
+
+
+MODEL_RUN = """
+import torch
+from mhc_lm.model import MhcLmConfig, MhcLmForCausalLM
+for mode in ("hc", "mhc"):
+    cfg = MhcLmConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, residual_mode=mode)
+    ids = torch.randint(0, 64, (2, 16))
+    MhcLmForCausalLM(cfg)(ids, labels=ids).loss.backward()
+print("ok", flush=True)
+"""
+
+
+def test_warm_compiles_every_signature_a_training_step_uses(tmp_path):
+    """`python -m mhc_lm.cpu_kernels.warm` on an empty cache, then hc and mhc train a step: they
+    only load (nothing left to compile and save)."""
+    env = _env(NUMBA_CACHE_DIR=str(tmp_path / "numba_cache"))
+    warm = subprocess.run([sys.executable, "-m", "mhc_lm.cpu_kernels.warm"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert warm.returncode == 0 and "CPU kernels compiled or loaded" in warm.stdout, warm.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-c", MODEL_RUN], env=dict(env, NUMBA_DEBUG_CACHE="1"), capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    loaded = {line.split("/")[-1] for line in run.stdout.splitlines() if "data loaded" in line}
+    assert len(loaded) == 8, loaded  # Sinkhorn, pre-mix, post + residual, HC's mix-in; forward and backward
+    assert "data saved" not in run.stdout, run.stdout[-2000:]

@@ -126,3 +126,21 @@ def test_quickstart_bad_arguments_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         quickstart.main(["--out", str(tmp_path), "--steps", "0"])
     assert err.value.code == 2
+
+
+def test_quickstart_warms_the_cpu_kernels_only_for_runs_that_use_them(monkeypatch):
+    from mhc_lm import train
+
+    quickstart = load("quickstart")
+    started = []
+    monkeypatch.setattr(quickstart.subprocess, "Popen", lambda argv, **kw: started.append(argv) or "proc")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # on CUDA the kernels are Triton's: no warm-up
+
+    def configs(*overrides_per_run):
+        return [train.load_run_config(REPO / "configs" / "tiny_cpu.yaml", list(o)) for o in overrides_per_run]
+
+    assert quickstart.start_kernel_warmup(configs(["model.residual_mode=standard"])) is None
+    assert quickstart.start_kernel_warmup(configs(["model.residual_mode=mhc", "model.cpu_kernels=false"])) is None
+    assert started == []
+    assert quickstart.start_kernel_warmup(configs(["model.residual_mode=standard"], ["model.residual_mode=hc"])) == "proc"
+    assert started == [[sys.executable, "-m", "mhc_lm.cpu_kernels.warm"]]

@@ -1,0 +1,50 @@
+"""Compile (or load) every CPU kernel once, for the signatures a float32 training run uses, so that
+the runs that follow only load numba's cache.
+
+    python -m mhc_lm.cpu_kernels.warm          # e.g. before a sweep, or in a machine image
+
+The quickstart starts it in the background while it prepares the data and trains standard, which
+uses no kernel: the ~20 s of compiling (once per machine) then overlaps work instead of adding to
+hc's and mhc's runs. A run that reaches a kernel while this process still compiles it waits on the
+cache lock (`cache_lock.py`) and then loads what was saved. Each kernel runs forward and backward
+on a few tokens, through the same torch ops as the model (so with the same argument types).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from .ops import cpu_hc_mix_in, cpu_post_res, cpu_post_res_backward, cpu_pre_mix, cpu_sinkhorn
+
+
+def warm(n: int = 4, channels: int = 8, tokens: int = 3) -> float:
+    """Run every kernel once (float32, forward and backward); returns the seconds it took."""
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, n, channels, generator=g, requires_grad=True)
+    logits = torch.randn(tokens, n, n, generator=g, requires_grad=True)
+    cpu_sinkhorn(logits, 20, 1e-6).sum().backward()
+    h_pre = torch.rand(tokens, n, generator=g, requires_grad=True)
+    cpu_pre_mix(x, h_pre).sum().backward()
+    f, h_res, h_post = torch.randn(tokens, channels, generator=g), torch.rand(tokens, n, n), torch.rand(tokens, n)
+    cpu_post_res(x.detach(), f, h_res, h_post)
+    cpu_post_res_backward(x.detach(), f, h_res, h_post, torch.randn(tokens, n, channels, generator=g))
+    params = [torch.randn(n), torch.randn(n, n), torch.randn(n), torch.ones(channels), torch.randn(channels, n + 2),
+              torch.full((1,), 0.5), torch.full((1,), 0.5)]
+    params = [p.requires_grad_() for p in params]
+    outs = cpu_hc_mix_in(x, *params, eps=1e-6)
+    sum(o.sum() for o in outs).backward()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    print(f"[mhc-lm] CPU kernels compiled or loaded in {warm():.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
