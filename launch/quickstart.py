@@ -101,7 +101,7 @@ def start_kernel_warmup(configs) -> subprocess.Popen | None:
         return None
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p))
-    return subprocess.Popen([sys.executable, "-m", "mhc_lm.cpu_kernels.warm"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "mhc_lm.cpu_kernels.warm", "--background"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

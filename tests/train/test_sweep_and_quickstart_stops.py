@@ -143,4 +143,4 @@ def test_quickstart_warms_the_cpu_kernels_only_for_runs_that_use_them(monkeypatc
     assert quickstart.start_kernel_warmup(configs(["model.residual_mode=mhc", "model.cpu_kernels=false"])) is None
     assert started == []
     assert quickstart.start_kernel_warmup(configs(["model.residual_mode=standard"], ["model.residual_mode=hc"])) == "proc"
-    assert started == [[sys.executable, "-m", "mhc_lm.cpu_kernels.warm"]]
+    assert started == [[sys.executable, "-m", "mhc_lm.cpu_kernels.warm", "--background"]]
