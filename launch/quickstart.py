@@ -1,7 +1,7 @@
 """Quickstart: prepare the embedded corpus, train the tiny model in all four residual modes on
 CPU, export each as a Hugging Face folder, and plot their loss curves side by side.
 
-    python launch/quickstart.py                  # 4 x 300 steps: ~4 min on 2 CPU cores (README)
+    python launch/quickstart.py                  # 4 x 300 steps: ~3.5 min on 2 CPU cores (README)
     python launch/quickstart.py --steps 100 --modes standard mhc
     python launch/quickstart.py train.batch_size=16 --steps 200   # dotted overrides before --modes
 
@@ -88,7 +88,7 @@ def _finished(run_dir: Path, steps: int) -> bool:
 
 def start_kernel_warmup(configs) -> subprocess.Popen | None:
     """Compile the CPU kernels in a background process (`python -m mhc_lm.cpu_kernels.warm`) while the
-    data is prepared and standard trains: ~20 s once per machine, then a cache load. None when no run
+    data is prepared and standard trains: ~25 s once per machine, then a cache load. None when no run
     uses them (CUDA, `model.cpu_kernels: false`, standard only) or numba is missing."""
     import torch
 

@@ -7,6 +7,7 @@ outside; `mhc_lm/model/` never imports torch.distributed.
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -92,13 +93,20 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
     return accelerator
 
 
-def shutdown() -> None:
-    """End of a launched process: destroy the process group before the interpreter exits. Left to
-    interpreter teardown, gloo / DeepSpeed threads may still run and abort the process after the
-    run completed ("terminate called without an active exception", SIGABRT), and the launcher then
-    reports the finished run as failed."""
+def shutdown(accelerator: Accelerator | None = None) -> None:
+    """End of a launched process: free the run's objects and destroy the process group while the
+    interpreter is still whole. `destroy_process_group` only drops torch's own reference to the
+    group: a DDP model (its reducer) or the Accelerator's list of prepared models keeps it alive,
+    and a group destroyed in interpreter teardown can take gloo's threads down with it and abort
+    the process after the run completed ("terminate called without an active exception", SIGABRT),
+    which the launcher reports as a failed run. Callers drop their Trainer first; `accelerator`
+    (when given) releases its models, optimizers and dataloaders."""
+    if accelerator is not None:
+        accelerator.free_memory()
+    gc.collect()  # a finished Trainer sits in reference cycles (callbacks, hooks) until collected
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    gc.collect()
 
 
 def configure_deepspeed(accelerator: Accelerator, cfg: RunConfig) -> None:

@@ -214,7 +214,8 @@ def accelerate_fsdp(out_dir: Path) -> None:
         lines = [json.loads(x) for x in (out_dir / "run" / "metrics.jsonl").read_text().splitlines()]
         step0 = next(r for r in lines if r["step"] == 0)
         (out_dir / "fsdp_report.json").write_text(json.dumps({"param_dtypes_in_forward": seen, "step0_probe": step0}))
-    shutdown()
+    del trainer, mixing, handle
+    shutdown(acc)
 
 
 if __name__ == "__main__":

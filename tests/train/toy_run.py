@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import gc  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
@@ -28,11 +29,12 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # same float reduction order in every process and in the reference
     config = load_run_config(sys.argv[1], sys.argv[2:])
     acc = build_accelerator(config)
-    trainer = Trainer(config, data=toy_data(config, acc.process_index, acc.num_processes), accelerator=acc,
-                      callbacks=[Sleep(), *build_callbacks(config)])
     try:
-        status = trainer.fit()
+        status = Trainer(config, data=toy_data(config, acc.process_index, acc.num_processes), accelerator=acc,
+                         callbacks=[Sleep(), *build_callbacks(config)]).fit()
     finally:
-        shutdown()
+        shutdown(acc)  # no Trainer left referenced: the process group goes before interpreter teardown
     if acc.is_main_process:
-        print(f"STATUS {status} world_size={acc.num_processes} distributed_type={acc.distributed_type}", flush=True)
+        live = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+        print(f"STATUS {status} world_size={acc.num_processes} distributed_type={acc.distributed_type} "
+              f"live_ddp={live}", flush=True)
