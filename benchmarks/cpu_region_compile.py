@@ -1,8 +1,8 @@
 """CPU prototype: `torch.compile` of only mHC's Sinkhorn region, with a persistent inductor cache.
 
-    python benchmarks/cpu_region_compile.py --shape issue     # C = 256, 4 layers, 4 x 256 tokens, fwd + bwd, 2 threads
+    python benchmarks/cpu_region_compile.py --shape step      # C = 256, 4 layers, 4 x 256 tokens, fwd + bwd, 2 threads
     python benchmarks/cpu_region_compile.py --shape stress    # configs/stress_cpu.yaml: C = 128, 12 layers, full step, 1 thread
-    python benchmarks/cpu_region_compile.py --shape issue --cache-dir /tmp/x   # rerun: the warm-cache compile time
+    python benchmarks/cpu_region_compile.py --shape step --cache-dir /tmp/x   # rerun: the warm-cache compile time
 
 Measures, does not change the model: the reference Sinkhorn (`mhc_lm.model.sinkhorn`, one autograd
 node whose forward and backward are the graph-free functions `_sinkhorn_forward` /
@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {  # config, overrides, batch, seq, threads, optimizer step
-    "issue": ("configs/tiny_cpu.yaml", dict(hidden_size=256, intermediate_size=688, vocab_size=4096), 4, 256, 2, False),
+    "step": ("configs/tiny_cpu.yaml", dict(hidden_size=256, intermediate_size=688, vocab_size=4096), 4, 256, 2, False),
     "stress": ("configs/stress_cpu.yaml", {}, 8, 128, 1, True),
 }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="issue")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="step")
     ap.add_argument("--variants", default="standard,hc,mhc,mhc+sinkhorn_compile,grid")
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)

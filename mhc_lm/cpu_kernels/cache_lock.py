@@ -3,10 +3,10 @@
 numba's `cache=True` is not safe across processes: saving an entry reads the cache's index, picks
 a data file name and writes index and data as separate steps, so two processes that compile at
 once (the ranks of a 2-process run on a fresh machine) can leave an index entry pointing at the
-other's object code; loading that crashes the process (numba issue 4807, still open). A kernel's
-first call with a given argument signature is where numba loads or compiles and saves, so that
-call holds an exclusive `flock` on a file in the cache folder; later calls with that signature
-take no lock. The second process then finds the first one's entries and only loads them.
+other's object code; loading that crashes the process. A kernel's first call with a given
+argument signature is where numba loads or compiles and saves, so that call holds an exclusive
+`flock` on a file in the cache folder; later calls with that signature take no lock. The second
+process then finds the first one's entries and only loads them.
 """
 
 from __future__ import annotations
