@@ -18,6 +18,8 @@ try:
 except Exception as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"mhc_lm.cpu_kernels needs numba (pip install numba): {exc}") from exc
 
-from .ops import cpu_hc_mix_in, cpu_post_res, cpu_post_res_backward, cpu_pre_mix, cpu_sinkhorn
+from .hc_ops import cpu_hc_mix_in
+from .mhc_ops import cpu_mhc_mix_in
+from .ops import cpu_post_res, cpu_post_res_backward, cpu_pre_mix, cpu_sinkhorn
 
-__all__ = ["cpu_sinkhorn", "cpu_pre_mix", "cpu_post_res", "cpu_post_res_backward", "cpu_hc_mix_in"]
+__all__ = ["cpu_sinkhorn", "cpu_pre_mix", "cpu_post_res", "cpu_post_res_backward", "cpu_hc_mix_in", "cpu_mhc_mix_in"]

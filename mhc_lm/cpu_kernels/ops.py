@@ -9,7 +9,6 @@ from __future__ import annotations
 import numba
 import torch
 
-from . import hc_mix_in as _hc
 from . import sinkhorn as _sk
 from . import stream_mix as _sm
 from .cache_lock import run
@@ -140,60 +139,3 @@ def cpu_post_res_backward(x, f_out, h_res, h_post, grad):
     run(_sm.post_res_backward, _np(x, dtype), _np(f_out, dtype), _np(h_res, dtype), _np(h_post, dtype), _np(grad, dtype),
                           dx.numpy(), df.numpy(), dh_res.numpy(), dh_post.numpy())
     return dx.to(x.dtype), df.to(f_out.dtype), dh_res.to(h_res.dtype), dh_post.to(h_post.dtype)
-
-
-
-class _CpuHcMixIn(torch.autograd.Function):
-    """HC's dynamic mix-in (`hc_mix_in.py`): the projection x W and dW = x^T dP are BLAS matmuls, the
-    rest one numba pass over the stream each way. Saves x, the parameters, r, tanh(.) and A_m."""
-
-    @staticmethod
-    def forward(ctx, x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps):
-        N, n, C = x.shape
-        f32 = torch.float32
-        x32 = x.detach().to(f32).contiguous()
-        w = norm_weight.detach().to(f32).unsqueeze(-1) * proj.detach().to(f32)  # (C, K)
-        K = w.shape[1]
-        p = torch.mm(x32.view(N * n, C), w).view(N, n, K)
-        out = torch.empty(N, C, dtype=f32)
-        a_m, b, r = (torch.empty(N, n, dtype=f32) for _ in range(3))
-        a_r = torch.empty(N, n, n, dtype=f32)
-        d = torch.empty(N, n, K, dtype=f32)
-        sa, sb = alpha_scale.detach().to(f32).item(), beta_scale.detach().to(f32).item()
-        _threads()
-        run(_hc.hc_mix_in_forward, x32.numpy(), p.numpy(), _np(alpha_m, f32), _np(alpha_r, f32), _np(beta, f32),
-                              _scalar(sa, f32), _scalar(sb, f32), _scalar(eps, f32), out.numpy(), a_m.numpy(),
-                              a_r.numpy(), b.numpy(), r.numpy(), d.numpy())
-        ctx.save_for_backward(x, norm_weight, proj, w, p, a_m, r, d)
-        ctx.scales, ctx.x_dtype = (sa, sb), x.dtype
-        return out.to(x.dtype), a_r, b
-
-    @staticmethod
-    def backward(ctx, g, g_ar, g_b):
-        x, norm_weight, proj, w, p, a_m, r, d = ctx.saved_tensors
-        N, n, C = x.shape
-        f32 = torch.float32
-        sa, sb = ctx.scales
-        g = torch.zeros(N, C, dtype=f32) if g is None else g
-        g_ar = torch.zeros(N, n, n, dtype=f32) if g_ar is None else g_ar
-        g_b = torch.zeros(N, n, dtype=f32) if g_b is None else g_b
-        x32 = x.detach().to(f32).contiguous()
-        dx, dp = torch.empty(N, n, C, dtype=f32), torch.empty_like(p)
-        dh_pre, dsa, dsb = torch.empty(N, n, dtype=f32), torch.empty(N, dtype=f32), torch.empty(N, dtype=f32)
-        _threads()
-        run(_hc.hc_mix_in_backward, x32.numpy(), p.numpy(), w.t().contiguous().numpy(), a_m.numpy(), r.numpy(), d.numpy(),
-                               _scalar(sa, f32), _scalar(sb, f32), _np(g, f32), _np(g_ar, f32), _np(g_b, f32),
-                               dx.numpy(), dp.numpy(), dh_pre.numpy(), dsa.numpy(), dsb.numpy())
-        dw = torch.mm(x32.view(N * n, C).t(), dp.view(N * n, -1))  # (C, K)
-        d_norm_weight = (dw * proj.to(f32)).sum(-1)
-        d_proj = dw * norm_weight.to(f32).unsqueeze(-1)
-        return (dx.to(ctx.x_dtype), dh_pre.sum(0), g_ar.to(f32).sum(0), g_b.to(f32).sum(0),
-                d_norm_weight.to(norm_weight.dtype), d_proj.to(proj.dtype), dsa.sum().view(1), dsb.sum().view(1), None)
-
-
-def cpu_hc_mix_in(x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps: float = 1e-6,
-                  pre_mix=None):
-    """`hc_mix_in_reference`: (A_m^T x (N, C) in x's dtype, A_r (N, n, n), B (N, n)), fp32 inside;
-    `pre_mix` is accepted for the signature and unused (the pre-mix is part of the pass)."""
-    with torch.autocast(device_type="cpu", enabled=False):
-        return _CpuHcMixIn.apply(x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps)

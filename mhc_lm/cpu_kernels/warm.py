@@ -20,7 +20,9 @@ import time
 
 import torch
 
-from .ops import cpu_hc_mix_in, cpu_post_res, cpu_post_res_backward, cpu_pre_mix, cpu_sinkhorn
+from .hc_ops import cpu_hc_mix_in
+from .mhc_ops import cpu_mhc_mix_in
+from .ops import cpu_post_res, cpu_post_res_backward, cpu_pre_mix, cpu_sinkhorn
 
 
 def warm(n: int = 4, channels: int = 8, tokens: int = 3) -> float:
@@ -35,7 +37,11 @@ def warm(n: int = 4, channels: int = 8, tokens: int = 3) -> float:
     params = [torch.randn(n), torch.randn(n, n), torch.randn(n), torch.ones(channels), torch.randn(channels, n + 2),
               torch.full((1,), 0.5), torch.full((1,), 0.5)]
     params = [p.requires_grad_() for p in params]
-    outs = cpu_hc_mix_in(x, *params, eps=1e-6)
+    outs = cpu_hc_mix_in(x, *params, eps=1e-6, stream_grad=True)
+    sum(o.sum() for o in outs).backward()
+    K = 2 * n + n * n  # mHC's mix-in (sinkhorn map), then the kernels other maps and dtypes use
+    params = [torch.randn(n * channels, K, generator=g), torch.rand(3, generator=g), torch.randn(K, generator=g)]
+    outs = cpu_mhc_mix_in(x, *[p.requires_grad_() for p in params], stream_grad=True)
     sum(o.sum() for o in outs).backward()
     h_pre = torch.rand(tokens, n, generator=g, requires_grad=True)
     cpu_pre_mix(x, h_pre).sum().backward()

@@ -3,6 +3,7 @@
     op                 reference (defines the meaning)          CUDA (mhc_lm.kernels)     n <=  CPU (mhc_lm.cpu_kernels)
     mhc_coefficients   stream_ops.mhc_coefficients_reference    fused_mhc_coefficients       8  -
     hc_mix_in          stream_ops.hc_mix_in_reference           -                            8  cpu_hc_mix_in
+    mhc_mix_in         stream_ops.mhc_mix_in_reference          -                            8  cpu_mhc_mix_in
     pre_mix            stream_ops.pre_mix_reference             fused_pre_mix                8  cpu_pre_mix
     post_res           stream_ops.post_res_reference            fused_post_res               8  cpu_post_res
     post_res_backward  stream_ops.post_res_backward_reference   fused_post_res_backward      8  cpu_post_res_backward
@@ -28,6 +29,7 @@ from .sinkhorn import DEFAULT_SINKHORN_ITERS, SINKHORN_EPS, sinkhorn_reference
 from .stream_ops import (
     hc_mix_in_reference,
     mhc_coefficients_reference,
+    mhc_mix_in_reference,
     post_res_backward_reference,
     post_res_reference,
     pre_mix_reference,
@@ -53,6 +55,9 @@ FUSED_OPS: dict[str, FusedOp] = {
     "pre_mix": FusedOp(pre_mix_reference, "fused_pre_mix", 8, cpu_kernel="cpu_pre_mix"),
     # HC's dynamic coefficients + pre-mix as one op (on CUDA: the reference, with the fused pre-mix)
     "hc_mix_in": FusedOp(hc_mix_in_reference, None, 8, cpu_kernel="cpu_hc_mix_in"),
+    # mHC's coefficients + Sinkhorn + pre-mix (sinkhorn map, float32) as one op: the CPU kernel only;
+    # elsewhere the model composes the ops above, each fused where it can be (`residual_mhc.py`)
+    "mhc_mix_in": FusedOp(mhc_mix_in_reference, None, 8, cpu_kernel="cpu_mhc_mix_in"),
     "post_res": FusedOp(post_res_reference, "fused_post_res", 8, cpu_kernel="cpu_post_res"),
     "post_res_backward": FusedOp(post_res_backward_reference, "fused_post_res_backward", 8,
                                  cpu_kernel="cpu_post_res_backward"),

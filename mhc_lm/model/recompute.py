@@ -135,13 +135,17 @@ class _RecomputedMixIn(torch.autograd.Function):
 
 
 def mix_in(run: Callable, x: torch.Tensor, params: tuple, recompute) -> tuple[torch.Tensor, ...]:
-    """The coefficient + pre-mix path of one sub-layer: run(x, *params) -> (layer input, H_res, H_post).
+    """The coefficient + pre-mix path of one sub-layer: run(x, *params) -> (layer input, H_res, H_post),
+    returned with the stream post + residual reads: x, or without recompute the view of x that an
+    op with a fused stream gradient hands out (`StreamConnection._mix_in`).
 
     recompute: None (keep everything), SUBLAYER, or the sub-layer's `StreamRef` (block)."""
     if recompute is None or not torch.is_grad_enabled():
-        return run(x.view_as(x), *params)  # one alias of x: the same gradient grouping as the recomputing node
+        # one alias of x: the same gradient grouping as the recomputing node
+        layer_in, h_res, h_post, x_post = run(x.view_as(x), *params, stream_grad=True)
+        return layer_in, h_res, h_post, x if x_post is None else x_post
     stream = recompute if isinstance(recompute, StreamRef) else None
-    return _RecomputedMixIn.apply(run, stream, x, *params)
+    return (*_RecomputedMixIn.apply(run, stream, x, *params), x)
 
 
 def stream_of(recompute) -> StreamRef | None:

@@ -81,16 +81,18 @@ class HyperConnection(StreamConnection):
         """x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j], B (N, n), all fp32."""
         return hc_coefficients_reference(x, *params, eps=self.eps)
 
-    def _mix_in(self, xs, *params):
+    def _mix_in(self, xs, *params, stream_grad: bool = False):
         """Everything before F, as a function of the stream and the parameters (what recompute re-runs):
-        xs (N, n, C) -> layer input A_m^T H (N, C), A_r (N, n, n), B (N, n). The dynamic form is one op
-        (`fused_ops`: numba on the CPU when `cpu_kernels`, else coefficients + pre-mix)."""
+        xs (N, n, C) -> layer input A_m^T H (N, C), A_r (N, n, n), B (N, n) (+ the stream for post +
+        residual, `StreamConnection._mix_in`). The dynamic form is one op (`fused_ops`: numba on the CPU
+        when `cpu_kernels`, with the fused stream gradient; else coefficients + pre-mix)."""
         pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams, cpu_kernels=self.cpu_kernels)
         if self.dynamic:
             mix_in = dispatch("hc_mix_in", self.fused, xs.device, self.n_streams, cpu_kernels=self.cpu_kernels)
-            return mix_in(xs, *params, eps=self.eps, pre_mix=pre_mix)
+            return mix_in(xs, *params, eps=self.eps, pre_mix=pre_mix, stream_grad=stream_grad)
         a_m, a_r, b = self._coefficients(xs, *params)
-        return pre_mix(xs, a_m), a_r, b
+        outs = pre_mix(xs, a_m), a_r, b
+        return (*outs, None) if stream_grad else outs
 
 
 class HcMode(MultiStreamMode):

@@ -36,8 +36,9 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from .fused_ops import dispatch
+from .fused_ops import FUSED_OPS, dispatch
 from .h_res_maps import get_h_res_map
+from .sinkhorn import SINKHORN_EPS
 from .stream_connection import MultiStreamMode, StreamConnection
 
 
@@ -89,12 +90,20 @@ class ManifoldHyperConnection(StreamConnection):
                                cpu_kernels=self.cpu_kernels)
         return h_pre, h_post, h_res
 
-    def _mix_in(self, xs, phi, alpha, bias):
+    def _mix_in(self, xs, phi, alpha, bias, stream_grad: bool = False):
         """Everything before F, as a function of the stream and the parameters (what recompute re-runs):
-        xs (N, n, C) -> layer input H_pre x (N, C), H_res (N, n, n), H_post (N, n)."""
+        xs (N, n, C) -> layer input H_pre x (N, C), H_res (N, n, n), H_post (N, n) (+ the stream for
+        post + residual with `stream_grad`, `StreamConnection._mix_in`). On the CPU with `cpu_kernels`,
+        the sinkhorn map and a float32 stream: one numba op (`fused_ops`' mhc_mix_in); else the
+        coefficients, the H_res map and the pre-mix, each dispatched on its own."""
+        if self.h_res_map.fused_coefficients and xs.dtype == torch.float32:
+            mix_in = dispatch("mhc_mix_in", self.fused, xs.device, self.n_streams, cpu_kernels=self.cpu_kernels)
+            if mix_in is not FUSED_OPS["mhc_mix_in"].reference:  # only the CPU kernel: the reference is the path below
+                return mix_in(xs, phi, alpha, bias, self.eps, self.sinkhorn_iters, SINKHORN_EPS, stream_grad=stream_grad)
         h_pre, h_post, h_res = self._coefficients(xs, phi, alpha, bias)
         pre_mix = dispatch("pre_mix", self.fused, xs.device, self.n_streams, cpu_kernels=self.cpu_kernels)
-        return pre_mix(xs, h_pre), h_res, h_post
+        outs = pre_mix(xs, h_pre), h_res, h_post
+        return (*outs, None) if stream_grad else outs
 
 
 class MhcMode(MultiStreamMode):

@@ -5,7 +5,8 @@
                        when `model.mixing_recompute` asks)
 
 A subclass gives its parameters (`_mixing_params`), its coefficients as a function of the stream
-and those parameters (`_coefficients`) and the mix-in (`_mix_in`: layer input, H_res, H_post);
+and those parameters (`_coefficients`) and the mix-in (`_mix_in`: layer input, H_res, H_post,
+and with `stream_grad` a fourth output: the stream post + residual reads, or None for x itself);
 this class runs them, records H_res for the stability probe and applies post + residual (fused
 kernels when asked for and available, `fused_ops.dispatch`). `MultiStreamMode` is the residual
 mode both build on: n copies of the embedding in, their mean out.
@@ -41,7 +42,10 @@ class StreamConnection(nn.Module):
     def _coefficients(self, xs: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
-    def _mix_in(self, xs: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _mix_in(self, xs: torch.Tensor, *params: torch.Tensor, stream_grad: bool = False) -> tuple:
+        """(layer input, H_res, H_post), plus with `stream_grad` the stream for post + residual to read:
+        a view of xs from an op whose backward also adds the gradient that view gets (one pass over
+        the stream instead of autograd's sum of two), or None when the op has no such form."""
         raise NotImplementedError
 
     def coefficients(self, xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -52,13 +56,13 @@ class StreamConnection(nn.Module):
         """recompute: None, "sublayer" or a block's stream reference (`recompute.py`)."""
         B, T, n, C = x.shape
         xs = x.reshape(B * T, n, C)  # (N, n, C)
-        layer_in, h_res, h_post = mix_in(self._mix_in, xs, self._mixing_params(), recompute)
+        layer_in, h_res, h_post, x_post = mix_in(self._mix_in, xs, self._mixing_params(), recompute)
         if self.record_mixing:
             self.last_mixing = h_res.detach().transpose(-1, -2).reshape(B, T, n, n).clone()  # M[j, i]
         f = sublayer(layer_in.view(B, T, C))  # F(layer input), (B, T, C)
         forward_fn = dispatch("post_res", self.fused, x.device, n, cpu_kernels=self.cpu_kernels)
         backward_fn = dispatch("post_res_backward", self.fused, x.device, n, cpu_kernels=self.cpu_kernels)
-        out = post_res(xs, f.reshape(B * T, C), h_res, h_post, forward_fn, backward_fn, stream_of(recompute))
+        out = post_res(x_post, f.reshape(B * T, C), h_res, h_post, forward_fn, backward_fn, stream_of(recompute))
         return out.view(B, T, n, C)  # H_res x + H_post^T f
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .norm_projection import norm_projection
+from .sinkhorn import DEFAULT_SINKHORN_ITERS, SINKHORN_EPS, sinkhorn_reference
 
 
 def mhc_coefficients_reference(
@@ -60,6 +61,17 @@ def mhc_coefficients_reference(
     return h_pre, h_post, h_res_logits
 
 
+def mhc_mix_in_reference(x, phi, alpha, bias, eps: float = 1e-6, sinkhorn_iters: int = DEFAULT_SINKHORN_ITERS,
+                         sinkhorn_eps: float = SINKHORN_EPS, stream_grad: bool = False):
+    """mHC's whole mix-in with the sinkhorn map: x (N, n, C) -> (H_pre x (N, C), H_res (N, n, n)
+    [old i, new j], H_post (N, n)), from `mhc_coefficients_reference`, `sinkhorn_reference` and
+    `pre_mix_reference`; with `stream_grad`, None as a fourth output (post + residual reads x)."""
+    N, n, C = x.shape
+    h_pre, h_post, logits = mhc_coefficients_reference(x.reshape(N, n * C), phi, alpha, bias, n, eps)
+    outs = pre_mix_reference(x, h_pre), sinkhorn_reference(logits, sinkhorn_iters, sinkhorn_eps), h_post
+    return (*outs, None) if stream_grad else outs
+
+
 def hc_coefficients_reference(x, alpha_m, alpha_r, beta, norm_weight=None, proj=None, alpha_scale=None,
                               beta_scale=None, eps: float = 1e-6):
     """HC's coefficients (`residual_hc.py`): x (N, n, C) -> A_m (N, n), A_r (N, n, n) [old i, new j],
@@ -81,11 +93,13 @@ def hc_coefficients_reference(x, alpha_m, alpha_r, beta, norm_weight=None, proj=
 
 
 def hc_mix_in_reference(x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps: float = 1e-6,
-                        pre_mix=None):
+                        pre_mix=None, stream_grad: bool = False):
     """HC's dynamic mix-in: (layer input A_m^T x (N, C), A_r, B) from `hc_coefficients_reference` and
-    `pre_mix` (default `pre_mix_reference`)."""
+    `pre_mix` (default `pre_mix_reference`); with `stream_grad`, None as a fourth output (post +
+    residual reads x itself: autograd sums x's two gradients, `StreamConnection._mix_in`)."""
     a_m, a_r, b = hc_coefficients_reference(x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps)
-    return (pre_mix or pre_mix_reference)(x, a_m), a_r, b
+    outs = (pre_mix or pre_mix_reference)(x, a_m), a_r, b
+    return (*outs, None) if stream_grad else outs
 
 
 class _PreMix(torch.autograd.Function):

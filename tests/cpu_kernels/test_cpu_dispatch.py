@@ -47,7 +47,9 @@ def test_without_numba_the_references_run(monkeypatch):
 
 
 @pytest.mark.parametrize("mode, extra", [("hc", {}), ("mhc", {}), ("mhc", {"mixing_recompute": "block"}),
-                                         ("mhc", {"sinkhorn_iters": 1}), ("hc", {"hc_dynamic": False})])
+                                         ("mhc", {"mixing_recompute": "sublayer"}), ("mhc", {"sinkhorn_iters": 1}),
+                                         ("mhc", {"sinkhorn_iters": 0}), ("mhc", {"h_res_map": "kronecker"}),
+                                         ("hc", {"mixing_recompute": "sublayer"}), ("hc", {"hc_dynamic": False})])
 def test_cpu_kernels_and_references_give_the_same_model(mode, extra):
     ids = torch.randint(3, 256, (2, 33))
     logits, grads = loss_and_grads(model(mode, cpu_kernels=True, **extra), ids)
@@ -60,24 +62,34 @@ def test_cpu_kernels_and_references_give_the_same_model(mode, extra):
 
 
 def test_the_kernels_actually_run_in_the_model(monkeypatch):
+    import mhc_lm.cpu_kernels.mhc_ops as mhc_ops
     import mhc_lm.cpu_kernels.ops as ops
 
     calls = []
-    for name in ("pre_mix_forward", "post_res_forward", "post_res_backward", "pre_mix_backward"):  # mhc
-        real = getattr(ops._sm, name)
-        monkeypatch.setattr(ops._sm, name, lambda *a, _real=real, _n=name: (calls.append(_n), _real(*a))[1])
-    real_sk = ops._sk.sinkhorn_backward
-    monkeypatch.setattr(ops._sk, "sinkhorn_backward", lambda *a: (calls.append("sinkhorn_backward"), real_sk(*a))[1])
+
+    def spy(module, name):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _n=name: (calls.append(_n), _real(*a))[1])
+
+    for name in ("pre_mix_forward", "post_res_forward", "post_res_backward", "pre_mix_backward"):
+        spy(ops._sm, name)
+    for name in ("coefficients_forward", "coefficients_backward", "stream_backward"):
+        spy(mhc_ops._mm, name)
+    spy(ops._sk, "sinkhorn_backward")  # the sinkhorn module object is shared by ops and mhc_ops
     ids = torch.randint(3, 256, (2, 16))
-    loss_and_grads(model("mhc"), ids)
-    assert {"pre_mix_forward", "post_res_forward", "post_res_backward", "pre_mix_backward", "sinkhorn_backward"} <= set(calls)
+    loss_and_grads(model("mhc"), ids)  # the sinkhorn map: mHC's fused mix-in, then post + residual
+    assert set(calls) == {"coefficients_forward", "coefficients_backward", "stream_backward", "sinkhorn_backward",
+                          "post_res_forward", "post_res_backward"}
+    calls.clear()
+    loss_and_grads(model("mhc", h_res_map="kronecker"), ids)  # another map: reference coefficients, pre-mix kernels
+    assert set(calls) == {"pre_mix_forward", "pre_mix_backward", "post_res_forward", "post_res_backward"}
     calls.clear()
     loss_and_grads(model("mhc", cpu_kernels=False), ids)
     assert not calls
 
 
 def test_hc_runs_its_fused_mix_in(monkeypatch):
-    import mhc_lm.cpu_kernels.ops as ops
+    import mhc_lm.cpu_kernels.hc_ops as ops
 
     calls = []
     for name in ("hc_mix_in_forward", "hc_mix_in_backward"):

@@ -58,8 +58,8 @@ def test_opcheck_non_contiguous_inputs(op):
 
 def test_dispatch_table_names_every_kernel_and_falls_back_beyond_its_limit():
     cuda = torch.device("cuda")  # nothing is allocated: the choice is made from the arguments
-    assert set(fused_ops.FUSED_OPS) == {"mhc_coefficients", "hc_mix_in", "pre_mix", "post_res", "post_res_backward",
-                                        "sinkhorn"}
+    assert set(fused_ops.FUSED_OPS) == {"mhc_coefficients", "hc_mix_in", "mhc_mix_in", "pre_mix", "post_res",
+                                        "post_res_backward", "sinkhorn"}
     for name, op in fused_ops.FUSED_OPS.items():
         assert fused_ops.fused_kernel(name) is (None if op.kernel is None else getattr(kernels, op.kernel))
         assert fused_ops.dispatch(name, True, cuda, op.max_streams + 1) is op.reference
