@@ -47,12 +47,13 @@ def _add_into(dst, src):
 def hc_mix_in_forward(x, p, alpha_m, alpha_r, beta, sa, sb, eps, out, a_m, a_r, b, r, d):
     N, n, C = x.shape
     K = p.shape[2]
+    zero, one, width = x.dtype.type(0), x.dtype.type(1), x.dtype.type(C)
     for t in nb.prange(N):
         for i in range(n):
-            ss = x[t, i, 0] * 0
+            ss = zero
             for c in range(C):
                 ss += x[t, i, c] * x[t, i, c]
-            ri = 1 / np.sqrt(ss / C + eps)
+            ri = one / np.sqrt(ss / width + eps)
             r[t, i] = ri
             for k in range(K):
                 d[t, i, k] = np.tanh(p[t, i, k] * ri)
@@ -72,14 +73,15 @@ def hc_mix_in_forward(x, p, alpha_m, alpha_r, beta, sa, sb, eps, out, a_m, a_r, 
 def hc_mix_in_backward(x, p, wt, a_m, r, d, sa, sb, g, g_ar, g_b, dx_in, add_dx_in, dx, dw_part, dh_pre, dsa, dsb):
     N, n, C = x.shape
     K = p.shape[2]
+    zero, one, width = x.dtype.type(0), x.dtype.type(1), x.dtype.type(C)
     for ch in nb.prange(dw_part.shape[0]):
         dw_part[ch] = 0
         dp = np.empty(K, dtype=x.dtype)
         for t in range(ch * CHUNK, min(N, (ch + 1) * CHUNK)):
-            acc_a = x[t, 0, 0] * 0
-            acc_b = x[t, 0, 0] * 0
+            acc_a = zero
+            acc_b = zero
             for i in range(n):
-                dh = x[t, i, 0] * 0
+                dh = zero
                 for c in range(C):
                     dh += x[t, i, c] * g[t, c]
                 dh_pre[t, i] = dh
@@ -88,7 +90,7 @@ def hc_mix_in_backward(x, p, wt, a_m, r, d, sa, sb, g, g_ar, g_b, dx_in, add_dx_
                     acc_a += g_ar[t, i, j] * d[t, i, 1 + j]
                 acc_b += g_b[t, i] * d[t, i, n + 1]
                 ri = r[t, i]
-                dr = x[t, i, 0] * 0
+                dr = zero
                 for k in range(K):
                     if k == 0:
                         dd = sa * dh
@@ -96,10 +98,10 @@ def hc_mix_in_backward(x, p, wt, a_m, r, d, sa, sb, g, g_ar, g_b, dx_in, add_dx_
                         dd = sa * g_ar[t, i, k - 1]
                     else:
                         dd = sb * g_b[t, i]
-                    dz = dd * (1 - d[t, i, k] * d[t, i, k])
+                    dz = dd * (one - d[t, i, k] * d[t, i, k])
                     dp[k] = dz * ri
                     dr += dz * p[t, i, k]
-                scale = -dr * ri * ri * ri / C
+                scale = -dr * ri * ri * ri / width
                 h = a_m[t, i]
                 for c in range(C):
                     dx[t, i, c] = h * g[t, c] + scale * x[t, i, c]

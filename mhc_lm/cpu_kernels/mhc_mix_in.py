@@ -36,16 +36,17 @@ from .stream_mix import REDUCE
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
 def coefficients_forward(x, p, gate, bias, eps, out, h_pre, h_post, logits, r):
     N, n, C = x.shape
+    zero, one, two, width = x.dtype.type(0), x.dtype.type(1), x.dtype.type(2), x.dtype.type(n * C)
     for t in nb.prange(N):
-        ss = x[t, 0, 0] * 0
+        ss = zero
         for i in range(n):
             for c in range(C):
                 ss += x[t, i, c] * x[t, i, c]
-        rt = 1 / np.sqrt(ss / (n * C) + eps)
+        rt = one / np.sqrt(ss / width + eps)
         r[t] = rt
         for k in range(n):
-            h_pre[t, k] = 1 / (1 + np.exp(-(gate[k] * rt * p[t, k] + bias[k])))
-            h_post[t, k] = 2 / (1 + np.exp(-(gate[n + k] * rt * p[t, n + k] + bias[n + k])))
+            h_pre[t, k] = one / (one + np.exp(-(gate[k] * rt * p[t, k] + bias[k])))
+            h_post[t, k] = two / (one + np.exp(-(gate[n + k] * rt * p[t, n + k] + bias[n + k])))
         for k in range(n * n):
             logits[k // n, k % n, t] = gate[2 * n + k] * rt * p[t, 2 * n + k] + bias[2 * n + k]
         for c in range(C):
@@ -62,22 +63,23 @@ def coefficients_backward(x, p, gate, r, h_pre, h_post, g, g_post, g_logits, dz,
     scale (N,) = -dr r^3 / (n C)."""
     N, n, C = x.shape
     K = p.shape[1]
+    zero, one, two, width = x.dtype.type(0), x.dtype.type(1), x.dtype.type(2), x.dtype.type(n * C)
     for t in nb.prange(N):
         for i in range(n):
-            acc = x[t, 0, 0] * 0
+            acc = zero
             for c in range(C):
                 acc += x[t, i, c] * g[t, c]
             s = h_pre[t, i]
-            dz[t, i] = acc * s * (1 - s)
-            s = h_post[t, i] / 2
-            dz[t, n + i] = g_post[t, i] * 2 * s * (1 - s)
+            dz[t, i] = acc * s * (one - s)
+            s = h_post[t, i] / two
+            dz[t, n + i] = g_post[t, i] * two * s * (one - s)
         for k in range(n * n):
             dz[t, 2 * n + k] = g_logits[k // n, k % n, t]
         rt = r[t]
-        dr = x[t, 0, 0] * 0
-        d_pre = x[t, 0, 0] * 0
-        d_post = x[t, 0, 0] * 0
-        d_res = x[t, 0, 0] * 0
+        dr = zero
+        d_pre = zero
+        d_post = zero
+        d_res = zero
         for k in range(K):
             rp = rt * p[t, k]
             if k < n:
@@ -92,7 +94,7 @@ def coefficients_backward(x, p, gate, r, h_pre, h_post, g, g_post, g_logits, dz,
         dgate[t, 0] = d_pre
         dgate[t, 1] = d_post
         dgate[t, 2] = d_res
-        scale[t] = -dr * rt * rt * rt / (n * C)
+        scale[t] = -dr * rt * rt * rt / width
 
 
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)

@@ -42,7 +42,7 @@ def _softmax_rows(lt, t0, w, p, soft):
                 p[i, j, b] = e
                 s[b] += e
         for b in range(w):
-            s[b] = 1 / s[b]
+            s[b] = s.dtype.type(1) / s[b]
         for j in range(n):
             for b in range(w):
                 p[i, j, b] *= s[b]
@@ -65,7 +65,7 @@ def _normalise(src, dst, den, dim, eps, w):
                 den[a, b] += eps
         for a in range(n):
             for b in range(w):
-                rec[b] = 1 / den[a, b]
+                rec[b] = den.dtype.type(1) / den[a, b]
             for k in range(n):
                 for b in range(w):
                     dst[k, a, b] = src[k, a, b] * rec[b]
@@ -79,7 +79,7 @@ def _normalise(src, dst, den, dim, eps, w):
             for b in range(w):
                 den[a, b] += eps
             for b in range(w):
-                rec[b] = 1 / den[a, b]
+                rec[b] = den.dtype.type(1) / den[a, b]
             for k in range(n):
                 for b in range(w):
                     dst[a, k, b] = src[a, k, b] * rec[b]
@@ -96,11 +96,11 @@ def _walk_back_columns(g, out, den, acc, rec, w, tiny):
             for b in range(w):
                 acc[b] += g[q, a, b] * out[q, a, b]
         for b in range(w):
-            rec[b] = 1 / den[a, b]
+            rec[b] = den.dtype.type(1) / den[a, b]
         for q in range(n):
             for b in range(w):
                 v = (g[q, a, b] - acc[b]) * rec[b]
-                g[q, a, b] = v if abs(v) >= tiny else 0 * v
+                g[q, a, b] = v if abs(v) >= tiny else v * g.dtype.type(0)
 
 
 @nb.njit(cache=True, inline="always")
@@ -114,11 +114,11 @@ def _walk_back_rows(g, out, den, acc, rec, w, tiny):
             for b in range(w):
                 acc[b] += g[a, q, b] * out[a, q, b]
         for b in range(w):
-            rec[b] = 1 / den[a, b]
+            rec[b] = den.dtype.type(1) / den[a, b]
         for q in range(n):
             for b in range(w):
                 v = (g[a, q, b] - acc[b]) * rec[b]
-                g[a, q, b] = v if abs(v) >= tiny else 0 * v
+                g[a, q, b] = v if abs(v) >= tiny else v * g.dtype.type(0)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -188,4 +188,4 @@ def sinkhorn_backward(lt, g_in, iters, eps, tiny, dl):
             for j in range(n):
                 for b in range(w):
                     v = soft[i, j, b] * (g[i, j, b] - acc[b])
-                    dl[i, j, t0 + b] = v if abs(v) >= tiny else 0 * v
+                    dl[i, j, t0 + b] = v if abs(v) >= tiny else v * g.dtype.type(0)
