@@ -1,6 +1,5 @@
 """HC's dynamic mix-in on CPU as numba loops: coefficients and pre-mix in one pass over the stream,
-and their backward, dW included, in one more (the maths of
-`mhc_lm.model.stream_ops.hc_mix_in_reference`).
+and their backward in one more (the maths of `mhc_lm.model.stream_ops.hc_mix_in_reference`).
 
 Per token t and stream i (K = n + 2 columns [W_m | W_r | W_b], P = x W from one BLAS matmul; the
 backward gets W transposed, wt (K, C)):
@@ -14,15 +13,12 @@ Backward, for g = dL/dh, G_r = dL/dA_r, G_b = dL/dB:
     dA_m[i] = <x_i, g>;  dd_i = s_a [dA_m[i], G_r[i, :]], s_b G_b[i];  dz = dd (1 - d^2)
     dP_i = r_i dz;  dr_i = sum_k dz_k P_ik
     dx_i = A_m[i] g - (dr_i r_i^3 / C) x_i + W dP_i   (+ dx_in_i, added last: see below)
-    dW  += x_i dP_i^T      into the partial sum of the token's chunk of CHUNK tokens
 
-In backward each token's x_i is read once and stays in L1 for all its products: dW = x^T dP as a
-BLAS matmul of K = n + 2 columns was one more pass over the stream, in BLAS's worst shape (the
-forward's P = x W is not: there BLAS beat K dot products per row 3x). dW is summed per fixed
-chunk of tokens and the chunks by torch in order, so the result does not depend on the thread
-count; everything else is per token. `dx_in` is the gradient that
-the stream's other consumer (post + residual) sent, added as the last operation with plain IEEE
-rounding (`_add_into`, no fast-math): the same bits as autograd summing the two contributions.
+dW = x^T dP is a BLAS matmul outside (`hc_ops.py`), as is P = x W: BLAS beat K dot products per
+row inside the loop by 3x forward, and by 1.2x for dW. `dx_in` is the gradient that the stream's
+other consumer (post + residual) sent, added as the last operation with plain IEEE rounding
+(`_add_into`, no fast-math): the same bits as autograd summing the two contributions. Every
+token is independent, so nothing depends on the thread count.
 """
 
 from __future__ import annotations
@@ -31,9 +27,6 @@ import numba as nb
 import numpy as np
 
 from .stream_mix import REDUCE
-
-
-CHUNK = 64  # tokens per partial dW (fixed, not the thread count: the sum is then the same on any machine)
 
 
 @nb.njit(cache=True)
@@ -70,47 +63,43 @@ def hc_mix_in_forward(x, p, alpha_m, alpha_r, beta, sa, sb, eps, out, a_m, a_r, 
 
 
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
-def hc_mix_in_backward(x, p, wt, a_m, r, d, sa, sb, g, g_ar, g_b, dx_in, add_dx_in, dx, dw_part, dh_pre, dsa, dsb):
+def hc_mix_in_backward(x, p, wt, a_m, r, d, sa, sb, g, g_ar, g_b, dx_in, add_dx_in, dx, dp, dh_pre, dsa, dsb):
     N, n, C = x.shape
     K = p.shape[2]
     zero, one, width = x.dtype.type(0), x.dtype.type(1), x.dtype.type(C)
-    for ch in nb.prange(dw_part.shape[0]):
-        dw_part[ch] = 0
-        dp = np.empty(K, dtype=x.dtype)
-        for t in range(ch * CHUNK, min(N, (ch + 1) * CHUNK)):
-            acc_a = zero
-            acc_b = zero
-            for i in range(n):
-                dh = zero
+    for t in nb.prange(N):
+        acc_a = zero
+        acc_b = zero
+        for i in range(n):
+            dh = zero
+            for c in range(C):
+                dh += x[t, i, c] * g[t, c]
+            dh_pre[t, i] = dh
+            acc_a += dh * d[t, i, 0]
+            for j in range(n):
+                acc_a += g_ar[t, i, j] * d[t, i, 1 + j]
+            acc_b += g_b[t, i] * d[t, i, n + 1]
+            ri = r[t, i]
+            dr = zero
+            for k in range(K):
+                if k == 0:
+                    dd = sa * dh
+                elif k <= n:
+                    dd = sa * g_ar[t, i, k - 1]
+                else:
+                    dd = sb * g_b[t, i]
+                dz = dd * (one - d[t, i, k] * d[t, i, k])
+                dp[t, i, k] = dz * ri
+                dr += dz * p[t, i, k]
+            scale = -dr * ri * ri * ri / width
+            h = a_m[t, i]
+            for c in range(C):
+                dx[t, i, c] = h * g[t, c] + scale * x[t, i, c]
+            for k in range(K):
+                q = dp[t, i, k]
                 for c in range(C):
-                    dh += x[t, i, c] * g[t, c]
-                dh_pre[t, i] = dh
-                acc_a += dh * d[t, i, 0]
-                for j in range(n):
-                    acc_a += g_ar[t, i, j] * d[t, i, 1 + j]
-                acc_b += g_b[t, i] * d[t, i, n + 1]
-                ri = r[t, i]
-                dr = zero
-                for k in range(K):
-                    if k == 0:
-                        dd = sa * dh
-                    elif k <= n:
-                        dd = sa * g_ar[t, i, k - 1]
-                    else:
-                        dd = sb * g_b[t, i]
-                    dz = dd * (one - d[t, i, k] * d[t, i, k])
-                    dp[k] = dz * ri
-                    dr += dz * p[t, i, k]
-                scale = -dr * ri * ri * ri / width
-                h = a_m[t, i]
-                for c in range(C):
-                    dx[t, i, c] = h * g[t, c] + scale * x[t, i, c]
-                for k in range(K):
-                    q = dp[k]
-                    for c in range(C):
-                        dx[t, i, c] += q * wt[k, c]
-                        dw_part[ch, k, c] += q * x[t, i, c]
-                if add_dx_in:
-                    _add_into(dx[t, i], dx_in[t, i])
-            dsa[t] = acc_a
-            dsb[t] = acc_b
+                    dx[t, i, c] += q * wt[k, c]
+            if add_dx_in:
+                _add_into(dx[t, i], dx_in[t, i])
+        dsa[t] = acc_a
+        dsb[t] = acc_b

@@ -67,7 +67,7 @@ class _CpuMhcMixIn(torch.autograd.Function):
         dx_in = dx if g_x is None else g_x.to(f32).contiguous()
         run(_mm.stream_backward, x32.numpy(), g.numpy(), h_pre.numpy(), scale.numpy(), dx_in.numpy(), g_x is not None,
             dx.numpy())
-        dphi = torch.mm(x32.view(N, n * C).t(), dp)
+        dphi = torch.mm(dp.t(), x32.view(N, n * C)).t().contiguous()  # (dP^T x)^T: MKL took 2x as long for x^T dP
         return (dx.to(x.dtype), dphi.to(phi.dtype), dgate.sum(0).to(alpha.dtype), dz.sum(0).to(bias.dtype),
                 None, None, None, None)
 
