@@ -62,7 +62,7 @@ class _NormProjection(torch.autograd.Function):
             # the mm writes a fresh (M, D) buffer, the norm term is added into it: one allocation
             dx = torch.mm(dp, w32.t()).addcmul_(x32, scale).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            dw = torch.mm(x32.t(), dp).to(weight.dtype)
+            dw = torch.mm(dp.t(), x32).t().to(weight.dtype)  # (dp^T x)^T: on CPU, MKL ran x^T dp 2-3x slower
         return dx, dw, None, None
 
 
