@@ -54,7 +54,7 @@ class _CpuHcMixIn(torch.autograd.Function):
         x32 = x.detach().to(f32).contiguous()
         dx, dp = torch.empty(N, n, C, dtype=f32), torch.empty_like(p)
         dh_pre, dsa, dsb = torch.empty(N, n, dtype=f32), torch.empty(N, dtype=f32), torch.empty(N, dtype=f32)
-        dx_in = dx if g_x is None else g_x.to(f32).contiguous()
+        dx_in = dx if g_x is None else g_x.detach().to(f32).contiguous()
         _threads()
         run(_hc.hc_mix_in_backward, x32.numpy(), p.numpy(), wt.numpy(), a_m.numpy(), r.numpy(), d.numpy(),
             _scalar(sa, f32), _scalar(sb, f32), _np(g, f32), _np(g_ar, f32), _np(g_b, f32), dx_in.numpy(),

@@ -15,7 +15,7 @@ import torch
 from . import mhc_mix_in as _mm
 from . import sinkhorn as _sk
 from .cache_lock import run
-from .ops import _flush_below, _scalar, _threads, _tokens_last
+from .ops import _flush_below, _np, _scalar, _threads, _tokens_last
 
 
 class _CpuMhcMixIn(torch.autograd.Function):
@@ -39,22 +39,22 @@ class _CpuMhcMixIn(torch.autograd.Function):
         run(_mm.coefficients_forward, x32.numpy(), p.numpy(), gate.numpy(), bias.detach().to(f32).contiguous().numpy(),
             _scalar(eps, f32), out.numpy(), h_pre.numpy(), h_post.numpy(), logits.numpy(), r.numpy())
         run(_sk.sinkhorn_forward, logits.numpy(), iters, _scalar(sinkhorn_eps, f32), h_res.numpy())
-        ctx.save_for_backward(x, phi, alpha, bias, gate, p, r, h_pre, h_post, logits)
-        ctx.iters, ctx.sinkhorn_eps = iters, sinkhorn_eps
+        ctx.save_for_backward(x, phi, gate, p, r, h_pre, h_post, logits)
+        ctx.iters, ctx.sinkhorn_eps, ctx.dtypes = iters, sinkhorn_eps, (alpha.dtype, bias.dtype)
         outs = (out.to(x.dtype), h_res.permute(2, 0, 1), h_post)  # H_res (N, n, n) [t, old i, new j]
         return (*outs, x.view_as(x)) if stream_grad else outs
 
     @staticmethod
     def backward(ctx, g, g_res, g_post, g_x=None):
-        x, phi, alpha, bias, gate, p, r, h_pre, h_post, logits = ctx.saved_tensors
+        x, phi, gate, p, r, h_pre, h_post, logits = ctx.saved_tensors
         N, n, C = x.shape
         K = p.shape[1]
         f32 = torch.float32
-        g = torch.zeros(N, C, dtype=f32) if g is None else g.to(f32).contiguous()
+        g = _np(torch.zeros(N, C) if g is None else g, f32)
         g_res = torch.zeros(N, n, n, dtype=f32) if g_res is None else g_res
-        g_post = torch.zeros(N, n, dtype=f32) if g_post is None else g_post.to(f32).contiguous()
+        g_post = _np(torch.zeros(N, n) if g_post is None else g_post, f32)
         x32 = x.detach().to(f32).contiguous()
-        phi32 = phi.to(f32)
+        phi32 = phi.detach().to(f32)
         _threads()
         g_logits = torch.empty_like(logits)
         run(_sk.sinkhorn_backward, logits.numpy(), _tokens_last(g_res, f32).numpy(), ctx.iters,
@@ -62,13 +62,13 @@ class _CpuMhcMixIn(torch.autograd.Function):
         dz, dp = torch.empty(N, K, dtype=f32), torch.empty(N, K, dtype=f32)
         dgate, scale = torch.empty(N, 3, dtype=f32), torch.empty(N, dtype=f32)
         run(_mm.coefficients_backward, x32.numpy(), p.numpy(), gate.numpy(), r.numpy(), h_pre.numpy(), h_post.numpy(),
-            g.numpy(), g_post.numpy(), g_logits.numpy(), dz.numpy(), dp.numpy(), dgate.numpy(), scale.numpy())
+            g, g_post, g_logits.numpy(), dz.numpy(), dp.numpy(), dgate.numpy(), scale.numpy())
         dx = torch.mm(dp, phi32.t()).view(N, n, C)  # dP phi^T, completed in place by the last pass
-        dx_in = dx if g_x is None else g_x.to(f32).contiguous()
-        run(_mm.stream_backward, x32.numpy(), g.numpy(), h_pre.numpy(), scale.numpy(), dx_in.numpy(), g_x is not None,
-            dx.numpy())
+        dx_in = dx.numpy() if g_x is None else _np(g_x, f32)
+        run(_mm.stream_backward, x32.numpy(), g, h_pre.numpy(), scale.numpy(), dx_in, g_x is not None, dx.numpy())
         dphi = torch.mm(dp.t(), x32.view(N, n * C)).t().contiguous()  # (dP^T x)^T: MKL took 2x as long for x^T dP
-        return (dx.to(x.dtype), dphi.to(phi.dtype), dgate.sum(0).to(alpha.dtype), dz.sum(0).to(bias.dtype),
+        alpha_dtype, bias_dtype = ctx.dtypes
+        return (dx.to(x.dtype), dphi.to(phi.dtype), dgate.sum(0).to(alpha_dtype), dz.sum(0).to(bias_dtype),
                 None, None, None, None)
 
 
