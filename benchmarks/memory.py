@@ -62,8 +62,10 @@ VARIANTS = [("standard", "none"), ("grid", "none"), ("hc", "none"), ("hc", "subl
 
 def build(shape: dict, mode: str, recompute: str, layers: int, device: str) -> MhcLmForCausalLM:
     L_r = base_layers(shape, "mhc", "block") if recompute == "block" else None  # the full model's block length
+    # the torch reference path, which CUDA composes too; on the CPU, mHC's numba mix-in keeps 4 (2K + n - n^2)
+    # bytes per token and sub-layer less (`mhc_lm/train/memory_estimate.py`)
     cfg = MhcLmConfig(**shape["model"], num_hidden_layers=layers, residual_mode=mode, n_streams=4, grid_size=2,
-                      mixing_recompute=recompute, mixing_recompute_layers=L_r)
+                      mixing_recompute=recompute, mixing_recompute_layers=L_r, cpu_kernels=False)
     torch.manual_seed(0)
     return MhcLmForCausalLM(cfg).to(device).train()
 

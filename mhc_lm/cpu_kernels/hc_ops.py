@@ -13,7 +13,7 @@ import torch
 
 from . import hc_mix_in as _hc
 from .cache_lock import run
-from .ops import _np, _scalar, _threads
+from .ops import _np, _np_param, _scalar, _threads
 
 
 class _CpuHcMixIn(torch.autograd.Function):
@@ -34,7 +34,8 @@ class _CpuHcMixIn(torch.autograd.Function):
         d = torch.empty(N, n, K, dtype=f32)
         sa, sb = alpha_scale.detach().to(f32).item(), beta_scale.detach().to(f32).item()
         _threads()
-        run(_hc.hc_mix_in_forward, x32.numpy(), p.numpy(), _np(alpha_m, f32), _np(alpha_r, f32), _np(beta, f32),
+        run(_hc.hc_mix_in_forward, x32.numpy(), p.numpy(), _np_param(alpha_m, f32), _np_param(alpha_r, f32),
+            _np_param(beta, f32),
             _scalar(sa, f32), _scalar(sb, f32), _scalar(eps, f32), out.numpy(), a_m.numpy(), a_r.numpy(), b.numpy(),
             r.numpy(), d.numpy())
         ctx.save_for_backward(x, norm_weight, proj, wt, p, a_m, r, d)

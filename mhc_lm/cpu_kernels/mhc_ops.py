@@ -15,7 +15,7 @@ import torch
 from . import mhc_mix_in as _mm
 from . import sinkhorn as _sk
 from .cache_lock import run
-from .ops import _flush_below, _np, _scalar, _threads, _tokens_last
+from .ops import _flush_below, _np, _np_param, _scalar, _threads, _tokens_last
 
 
 class _CpuMhcMixIn(torch.autograd.Function):
@@ -36,7 +36,7 @@ class _CpuMhcMixIn(torch.autograd.Function):
         h_pre, h_post = torch.empty(N, n, dtype=f32), torch.empty(N, n, dtype=f32)
         logits, h_res = torch.empty(n, n, N, dtype=f32), torch.empty(n, n, N, dtype=f32)  # tokens last
         _threads()
-        run(_mm.coefficients_forward, x32.numpy(), p.numpy(), gate.numpy(), bias.detach().to(f32).contiguous().numpy(),
+        run(_mm.coefficients_forward, x32.numpy(), p.numpy(), gate.numpy(), _np_param(bias, f32),
             _scalar(eps, f32), out.numpy(), h_pre.numpy(), h_post.numpy(), logits.numpy(), r.numpy())
         run(_sk.sinkhorn_forward, logits.numpy(), iters, _scalar(sinkhorn_eps, f32), h_res.numpy())
         ctx.save_for_backward(x, phi, gate, p, r, h_pre, h_post, logits)

@@ -35,6 +35,12 @@ def _np(t: torch.Tensor, dtype: torch.dtype):
     return t.detach().to(dtype).contiguous().numpy()
 
 
+def _np_param(t: torch.Tensor, dtype: torch.dtype):
+    """A numpy copy of a (small) parameter: `.numpy()` on the parameter's own memory would make its
+    storage non-resizable, and FSDP resizes the storage of the flat parameter it lives in."""
+    return t.detach().to(dtype, copy=True).numpy()
+
+
 def _tokens_last(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n = logits.shape[-1]
     return logits.detach().to(dtype).reshape(-1, n, n).permute(1, 2, 0).contiguous()

@@ -32,7 +32,9 @@ This is an estimate of the steady state (no allocator fragmentation, no communic
 beyond DDP's buckets, no CUDA context): the fit check leaves HEADROOM of the device free. The
 activation formulas are those of the reference (unfused) path with mhc's Sinkhorn map; the other
 H_res maps and the fused CUDA kernels keep other intermediates of the coefficients (O(n^2) floats
-per token, small next to the stream's 4 n C bytes; not measured here).
+per token, small next to the stream's 4 n C bytes; not measured here), and on the CPU mHC's numba
+mix-in (`model.cpu_kernels`, mixing_recompute none) keeps 4 (2K + n - n^2) bytes per token and
+sub-layer less (144 at n = 4): the estimate is then that much high.
 """
 
 from __future__ import annotations
