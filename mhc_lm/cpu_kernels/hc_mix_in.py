@@ -17,7 +17,7 @@ Backward, for g = dL/dh, G_r = dL/dA_r, G_b = dL/dB:
 dW = x^T dP is a BLAS matmul outside (`hc_ops.py`), as is P = x W: BLAS beat K dot products per
 row inside the loop by 3x forward, and by 1.2x for dW. `dx_in` is the gradient that the stream's
 other consumer (post + residual) sent, added as the last operation with plain IEEE rounding
-(`_add_into`, no fast-math): the same bits as autograd summing the two contributions. Every
+(`stream_mix.add_into`, no fast-math): the same bits as autograd summing the two contributions. Every
 token is independent, so nothing depends on the thread count.
 """
 
@@ -26,14 +26,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .stream_mix import REDUCE
-
-
-@nb.njit(cache=True)
-def _add_into(dst, src):
-    """dst += src elementwise with IEEE rounding (no reassociation with what made dst)."""
-    for c in range(dst.shape[0]):
-        dst[c] = dst[c] + src[c]
+from .stream_mix import REDUCE, add_into, pre_mix_token
 
 
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
@@ -54,12 +47,7 @@ def hc_mix_in_forward(x, p, alpha_m, alpha_r, beta, sa, sb, eps, out, a_m, a_r, 
             for j in range(n):
                 a_r[t, i, j] = alpha_r[i, j] + sa * d[t, i, 1 + j]
             b[t, i] = beta[i] + sb * d[t, i, n + 1]
-        for c in range(C):
-            out[t, c] = a_m[t, 0] * x[t, 0, c]
-        for i in range(1, n):
-            h = a_m[t, i]
-            for c in range(C):
-                out[t, c] += h * x[t, i, c]
+        pre_mix_token(x, a_m, t, out)
 
 
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
@@ -100,6 +88,6 @@ def hc_mix_in_backward(x, p, wt, a_m, r, d, sa, sb, g, g_ar, g_b, dx_in, add_dx_
                 for c in range(C):
                     dx[t, i, c] += q * wt[k, c]
             if add_dx_in:
-                _add_into(dx[t, i], dx_in[t, i])
+                add_into(dx[t, i], dx_in[t, i])
         dsa[t] = acc_a
         dsb[t] = acc_b

@@ -13,7 +13,7 @@ import torch
 
 from . import hc_mix_in as _hc
 from .cache_lock import run
-from .ops import _np, _np_param, _scalar, _threads
+from .ops import _np, _np_param, _scalar, _threads, apply_mix_in
 
 
 class _CpuHcMixIn(torch.autograd.Function):
@@ -74,7 +74,5 @@ def cpu_hc_mix_in(x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, bet
     `pre_mix` is accepted for the signature and unused (the pre-mix is part of the pass). With
     `stream_grad` a fourth output: the stream for post + residual to read (a view of x, whose
     gradient this op's backward adds into x's), or None where x is not float32 (read x itself)."""
-    through = stream_grad and x.dtype == torch.float32 and torch.is_grad_enabled()
-    with torch.autocast(device_type="cpu", enabled=False):
-        outs = _CpuHcMixIn.apply(x, alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps, through)
-    return (*outs, None) if stream_grad and not through else outs
+    return apply_mix_in(_CpuHcMixIn, x, (alpha_m, alpha_r, beta, norm_weight, proj, alpha_scale, beta_scale, eps),
+                        stream_grad)

@@ -19,7 +19,7 @@ kernel's backward):
 
 `coefficients_backward` is the per-token part (one pass: the <x_i, g> products), `stream_backward`
 the last pass, into the BLAS product's buffer. `dx_in` is the gradient of the stream's other
-consumer (post + residual), added as the last operation with IEEE rounding (`hc_mix_in._add_into`):
+consumer (post + residual), added as the last operation with IEEE rounding (`stream_mix.add_into`):
 the same bits as autograd's sum of the two. Every token is independent: nothing depends on the
 thread count.
 """
@@ -29,8 +29,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .hc_mix_in import _add_into
-from .stream_mix import REDUCE
+from .stream_mix import REDUCE, add_into, pre_mix_token
 
 
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
@@ -49,12 +48,7 @@ def coefficients_forward(x, p, gate, bias, eps, out, h_pre, h_post, logits, r):
             h_post[t, k] = two / (one + np.exp(-(gate[n + k] * rt * p[t, n + k] + bias[n + k])))
         for k in range(n * n):
             logits[k // n, k % n, t] = gate[2 * n + k] * rt * p[t, 2 * n + k] + bias[2 * n + k]
-        for c in range(C):
-            out[t, c] = h_pre[t, 0] * x[t, 0, c]
-        for i in range(1, n):
-            h = h_pre[t, i]
-            for c in range(C):
-                out[t, c] += h * x[t, i, c]
+        pre_mix_token(x, h_pre, t, out)
 
 
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
@@ -108,4 +102,4 @@ def stream_backward(x, g, h_pre, scale, dx_in, add_dx_in, dx):
             for c in range(C):
                 dx[t, i, c] += h * g[t, c] + s * x[t, i, c]
             if add_dx_in:
-                _add_into(dx[t, i], dx_in[t, i])
+                add_into(dx[t, i], dx_in[t, i])

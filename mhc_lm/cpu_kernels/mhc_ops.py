@@ -15,7 +15,7 @@ import torch
 from . import mhc_mix_in as _mm
 from . import sinkhorn as _sk
 from .cache_lock import run
-from .ops import _flush_below, _np, _np_param, _scalar, _threads, _tokens_last
+from .ops import _flush_below, _np, _np_param, _scalar, _threads, _tokens_last, apply_mix_in
 
 
 class _CpuMhcMixIn(torch.autograd.Function):
@@ -79,7 +79,4 @@ def cpu_mhc_mix_in(x, phi, alpha, bias, eps: float = 1e-6, sinkhorn_iters: int =
     residual, whose gradient the backward adds into x's (None where x is not float32)."""
     if sinkhorn_iters < 0:
         raise ValueError(f"sinkhorn_iters must be >= 0, got {sinkhorn_iters}")
-    through = stream_grad and x.dtype == torch.float32 and torch.is_grad_enabled()
-    with torch.autocast(device_type="cpu", enabled=False):
-        outs = _CpuMhcMixIn.apply(x, phi, alpha, bias, eps, sinkhorn_iters, sinkhorn_eps, through)
-    return (*outs, None) if stream_grad and not through else outs
+    return apply_mix_in(_CpuMhcMixIn, x, (phi, alpha, bias, eps, sinkhorn_iters, sinkhorn_eps), stream_grad)

@@ -41,6 +41,17 @@ def _np_param(t: torch.Tensor, dtype: torch.dtype):
     return t.detach().to(dtype, copy=True).numpy()
 
 
+def apply_mix_in(function, x: torch.Tensor, args: tuple, stream_grad: bool):
+    """function.apply(x, *args, through), autocast off: the mix-in ops' (`hc_ops`, `mhc_ops`) 3 outputs,
+    or with `stream_grad` a fourth, the stream for post + residual to read: a view of x whose gradient
+    the op's backward adds into x's, or None where x is not float32 or no graph is built (post +
+    residual reads x itself)."""
+    through = stream_grad and x.dtype == torch.float32 and torch.is_grad_enabled()
+    with torch.autocast(device_type="cpu", enabled=False):
+        outs = function.apply(x, *args, through)
+    return (*outs, None) if stream_grad and not through else outs
+
+
 def _tokens_last(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n = logits.shape[-1]
     return logits.detach().to(dtype).reshape(-1, n, n).permute(1, 2, 0).contiguous()

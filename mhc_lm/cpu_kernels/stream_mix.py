@@ -25,16 +25,30 @@ import numba as nb
 REDUCE = {"reassoc", "contract"}
 
 
+@nb.njit(cache=True, inline="always")
+def pre_mix_token(x, h, t, out):
+    """out[t, :] = sum_i h[t, i] x[t, i, :] (the pre-mix of one token; the mix-in kernels end with it)."""
+    n, C = x.shape[1], x.shape[2]
+    for c in range(C):
+        out[t, c] = h[t, 0] * x[t, 0, c]
+    for i in range(1, n):
+        hi = h[t, i]
+        for c in range(C):
+            out[t, c] += hi * x[t, i, c]
+
+
+@nb.njit(cache=True)
+def add_into(dst, src):
+    """dst += src elementwise with IEEE rounding (no fast-math: nothing reassociates it with what made
+    dst), so adding a second consumer's gradient last gives the bits of autograd's sum."""
+    for c in range(dst.shape[0]):
+        dst[c] = dst[c] + src[c]
+
+
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
 def pre_mix_forward(x, h, out):
-    N, n, C = x.shape
-    for t in nb.prange(N):
-        for c in range(C):
-            out[t, c] = h[t, 0] * x[t, 0, c]
-        for i in range(1, n):
-            hi = h[t, i]
-            for c in range(C):
-                out[t, c] += hi * x[t, i, c]
+    for t in nb.prange(x.shape[0]):
+        pre_mix_token(x, h, t, out)
 
 
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
