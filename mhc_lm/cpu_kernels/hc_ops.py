@@ -26,18 +26,18 @@ class _CpuHcMixIn(torch.autograd.Function):
         x32 = x.detach().to(f32).contiguous()
         w = norm_weight.detach().to(f32).unsqueeze(-1) * proj.detach().to(f32)  # (C, K)
         K = w.shape[1]
-        p = torch.mm(x32.view(N * n, C), w).view(N, n, K)
-        wt = w.t().contiguous()  # (K, C), for the backward
+        wt = w.t().contiguous()  # (K, C)
+        p = torch.empty(N, n, K, dtype=f32)  # P = x W, made by the kernel
         out = torch.empty(N, C, dtype=f32)
         a_m, b, r = (torch.empty(N, n, dtype=f32) for _ in range(3))
         a_r = torch.empty(N, n, n, dtype=f32)
         d = torch.empty(N, n, K, dtype=f32)
         sa, sb = alpha_scale.detach().to(f32).item(), beta_scale.detach().to(f32).item()
         _threads()
-        run(_hc.hc_mix_in_forward, x32.numpy(), p.numpy(), _np_param(alpha_m, f32), _np_param(alpha_r, f32),
+        run(_hc.hc_mix_in_forward, x32.numpy(), wt.numpy(), _np_param(alpha_m, f32), _np_param(alpha_r, f32),
             _np_param(beta, f32),
             _scalar(sa, f32), _scalar(sb, f32), _scalar(eps, f32), out.numpy(), a_m.numpy(), a_r.numpy(), b.numpy(),
-            r.numpy(), d.numpy())
+            r.numpy(), d.numpy(), p.numpy())
         ctx.save_for_backward(x, norm_weight, proj, wt, p, a_m, r, d)
         ctx.scales, ctx.x_dtype = (sa, sb), x.dtype
         outs = (out.to(x.dtype), a_r, b)
