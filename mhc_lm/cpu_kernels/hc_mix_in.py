@@ -17,7 +17,9 @@ Backward, for g = dL/dh, G_r = dL/dA_r, G_b = dL/dB:
 P = x W is made in the forward's pass, three columns per sweep over the row (`projection_row`), and
 saved for the backward: MKL ran the (N n, C) x (C, K = 6) matmul in 0.62 ms on an AMD EPYC (0.21 in
 its other orientation), while in the pass, where the row is in L1 for the norm anyway, it adds
-0.01 ms (C = 256, 1024 tokens, 2 threads). dW = (dP^T x)^T stays a BLAS matmul outside
+0.01 ms (C = 256, 1024 tokens, 2 threads). The backward adds W dP_i into dx_i three columns per sweep too, the first sweep with the
+other two terms (C = 256: the kernel 0.39 -> 0.26 ms with the stream in cache, against one sweep
+per column). dW = (dP^T x)^T stays a BLAS matmul outside
 (`hc_ops.py`): in the loop it needs a reduction over tokens per thread, which was slower. `dx_in`
 is the gradient that the stream's other consumer (post + residual) sent, added as the last
 operation with plain IEEE rounding (`stream_mix.add_into`, no fast-math): the same bits as autograd
@@ -113,12 +115,20 @@ def hc_mix_in_backward(x, p, wt, a_m, r, d, sa, sb, g, g_ar, g_b, dx_in, add_dx_
                 dr += dz * p[t, i, k]
             scale = -dr * ri * ri * ri / width
             h = a_m[t, i]
+            q0, q1, q2 = dp[t, i, 0], dp[t, i, 1], dp[t, i, 2]  # K = n + 2 >= 3
             for c in range(C):
-                dx[t, i, c] = h * g[t, c] + scale * x[t, i, c]
-            for k in range(K):
-                q = dp[t, i, k]
+                dx[t, i, c] = h * g[t, c] + scale * x[t, i, c] + q0 * wt[0, c] + q1 * wt[1, c] + q2 * wt[2, c]
+            k = 3
+            while k + 3 <= K:
+                q0, q1, q2 = dp[t, i, k], dp[t, i, k + 1], dp[t, i, k + 2]
                 for c in range(C):
-                    dx[t, i, c] += q * wt[k, c]
+                    dx[t, i, c] += q0 * wt[k, c] + q1 * wt[k + 1, c] + q2 * wt[k + 2, c]
+                k += 3
+            while k < K:
+                q0 = dp[t, i, k]
+                for c in range(C):
+                    dx[t, i, c] += q0 * wt[k, c]
+                k += 1
             if add_dx_in:
                 add_into(dx[t, i], dx_in[t, i])
         dsa[t] = acc_a
