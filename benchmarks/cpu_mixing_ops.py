@@ -7,7 +7,8 @@ For hc and mhc: the mix-in forward, its forward + backward, and the whole connec
 stand-in F = 1.5 h, post + residual) forward + backward, with `model.cpu_kernels` true and false;
 the rows are interleaved round-robin, and the table gives each one's fastest and median repeat in
 ms. What the connections cost beyond standard's step is what the model's step-time ratio is made
-of (`train_throughput.py` times whole steps).
+of (`train_throughput.py` times whole steps). Freed host memory is kept as the trainer keeps it
+(`train.keep_host_memory`; `--system-malloc` for glibc's defaults).
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=1024, help="batch x sequence")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc thresholds at their defaults")
     args = ap.parse_args(argv)
 
     import torch
 
     from mhc_lm.model.configuration_mhc_lm import MhcLmConfig
     from mhc_lm.model.residual_modes import RESIDUAL_MODES
+    from mhc_lm.train.host_memory import keep_freed_memory
 
     torch.set_num_threads(args.threads)
+    kept = not args.system_malloc and keep_freed_memory()
     N, n, C = args.tokens, args.streams, args.hidden
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, N, n, C, generator=g, requires_grad=True)
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    print(f"\nC = {C}, n = {n}, {N} tokens, {args.threads} threads, {args.repeats} interleaved repeats")
+    print(f"\nC = {C}, n = {n}, {N} tokens, {args.threads} threads, {args.repeats} interleaved repeats, "
+          f"{'freed host memory kept' if kept else 'system malloc defaults'}")
     print("| op | fastest ms | median ms |\n|---|---:|---:|")
     for name, ts in times.items():
         print(f"| {name} | {min(ts) * 1e3:.3f} | {statistics.median(ts) * 1e3:.3f} |")

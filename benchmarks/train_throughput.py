@@ -14,7 +14,9 @@
 
 Each mode runs the trainer's own step (forward, backward, clipping, AdamW with its decay groups)
 on random tokens; the modes are interleaved round-robin so that a load change on a shared machine
-hits all of them alike. Prints tokens/s and the ratio to `standard` (the mHC paper reports
+hits all of them alike. Freed host memory is kept as the trainer keeps it on CPU
+(`train.keep_host_memory`; `--system-malloc` leaves glibc's defaults, to measure what that gives).
+Prints tokens/s and the ratio to `standard` (the mHC paper reports
 about 6.7% extra training time for n = 4 with fused GPU kernels; the CPU reference path is
 not fused, so expect much more here).
 """
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saved", action="store_true",
                         help="add the activations autograd saves in one forward, KiB per token (whole model, "
                              "fp32; benchmarks/memory.py's method 1)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds at their defaults (the trainer's "
+                             "train.keep_host_memory=false)")
     parser.add_argument("--profile", action="store_true",
                         help="after timing, print the ops' self CPU time per step of every variant (torch.profiler)")
     args = parser.parse_args(argv)
@@ -62,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from mhc_lm.model import MhcLmForCausalLM
-    from mhc_lm.train.distributed import apply_compile
     from mhc_lm.train.config import build_model_config, load_run_config
+    from mhc_lm.train.distributed import apply_compile
+    from mhc_lm.train.host_memory import keep_freed_memory
     from mhc_lm.train.optim import build_optimizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = not args.system_malloc and keep_freed_memory()
     root_config = Path(__file__).resolve().parents[1] / args.config  # run from anywhere
     cfg = load_run_config(args.config if Path(args.config).exists() or not root_config.exists() else root_config)
     runs = {}
@@ -132,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = runs[variants[0]][0].config
     print(f"\n{args.config}: C = {shape.hidden_size}, FFN {shape.intermediate_size}, {shape.num_hidden_layers} layers, "
           f"batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads, median of {args.steps} steps, "
-          f"{'forward + backward' if args.fwd_bwd_only else 'full training step'}")
+          f"{'forward + backward' if args.fwd_bwd_only else 'full training step'}, "
+          f"{'freed host memory kept' if kept else 'system malloc defaults'}")
     print("| mode | params | tokens/s | ratio to standard | time vs standard | min step vs standard's |"
           + (" saved act. KiB/token |" if saved else "") + "\n|---|---:|---:|---:|---:|---:|" + ("---:|" if saved else ""))
     for mode in variants:

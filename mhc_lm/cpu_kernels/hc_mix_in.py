@@ -17,9 +17,9 @@ Backward, for g = dL/dh, G_r = dL/dA_r, G_b = dL/dB:
 P = x W is made in the forward's pass, three columns per sweep over the row (`projection_row`), and
 saved for the backward: MKL ran the (N n, C) x (C, K = 6) matmul in 0.62 ms on an AMD EPYC (0.21 in
 its other orientation), while in the pass, where the row is in L1 for the norm anyway, it adds
-0.01 ms (C = 256, 1024 tokens, 2 threads). The backward adds W dP_i into dx_i three columns per sweep too, the first sweep with the
-other two terms (C = 256: the kernel 0.39 -> 0.26 ms with the stream in cache, against one sweep
-per column). dW = (dP^T x)^T stays a BLAS matmul outside
+0.01 ms (C = 256, 1024 tokens, 2 threads). The backward adds W dP_i into dx_i three columns per
+sweep too, the first sweep with the other two terms (C = 256: the kernel 0.39 -> 0.26 ms with the
+stream in cache, against one sweep per column). dW = (dP^T x)^T stays a BLAS matmul outside
 (`hc_ops.py`): in the loop it needs a reduction over tokens per thread, which was slower. `dx_in`
 is the gradient that the stream's other consumer (post + residual) sent, added as the last
 operation with plain IEEE rounding (`stream_mix.add_into`, no fast-math): the same bits as autograd

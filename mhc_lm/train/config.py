@@ -146,6 +146,9 @@ class TrainConfig:
     """Write run_dir/hf (save_pretrained + tokenizer) at the end of the run."""
     cpu: bool = False
     """Force CPU even when CUDA is available (CPU is used anyway without CUDA)."""
+    keep_host_memory: bool = True
+    """CPU runs: glibc keeps freed memory for the next step instead of returning it and page-faulting
+    it back (mhc_lm/train/host_memory.py; resident memory stays at its peak). No effect without glibc."""
     dist_backend: str | None = None
     """torch.distributed backend override; None = nccl on CUDA, gloo on CPU."""
     on_spike: Literal["none", "skip", "rewind"] = "none"

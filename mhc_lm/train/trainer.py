@@ -29,6 +29,7 @@ from mhc_lm.train.config import RunConfig, build_model_config
 from mhc_lm.train.data import DataBundle, build_data
 from mhc_lm.train.distributed import apply_activation_checkpointing, apply_compile, build_accelerator
 from mhc_lm.train.diverged import TrainingDiverged
+from mhc_lm.train.host_memory import keep_freed_memory
 from mhc_lm.train.optim import build_optimizer, build_scheduler
 from mhc_lm.train.progress import ProgressLog
 from mhc_lm.train.resume import RunDirResume
@@ -50,6 +51,8 @@ class Trainer(RunDirResume):
         self.accelerator = acc = accelerator or build_accelerator(config)
         self.world_size = acc.num_processes
         self.accumulation = acc.gradient_accumulation_steps
+        if acc.device.type == "cpu" and config.train.keep_host_memory:
+            keep_freed_memory()  # torch's CPU allocator caches nothing: no page faults on each step's tensors
         set_seed(config.train.seed)
         self.data = data if data is not None else build_data(config, acc)
 

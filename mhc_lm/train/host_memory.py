@@ -1,0 +1,43 @@
+"""Keep freed host memory for reuse (`train.keep_host_memory`, CPU runs).
+
+torch's CPU allocator has no cache: each activation, gradient and temporary is a fresh `malloc`.
+glibc serves large blocks with `mmap` (or returns the top of its heap to the system once more
+than the trim threshold is free), so the next block of that size is new memory again and every
+4 KiB page of it faults on first touch: a 4 MiB stream tensor is ~1000 page faults, paid in the op
+that first writes it (in profiles, `fill_` and `log_softmax_backward` swung by 3-5x between steps).
+Setting glibc's two thresholds fixes them (no more adapting): blocks up to 32 MiB (the largest
+value glibc accepts) come from the heap, and freed memory is kept for the next step. The
+process's resident memory then stays at its peak instead of shrinking between steps, as with a
+caching allocator. Measured by `benchmarks/train_throughput.py` (which applies the same setting,
+`--system-malloc` to compare): docs/performance.md "Host memory".
+
+Only glibc has `mallopt`; elsewhere (macOS, musl) this does nothing and returns False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD = -1  # glibc's <malloc.h>
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc's maximum (HEAP_MAX_SIZE / 2 on 64-bit)
+TRIM_THRESHOLD = 2**31 - 1  # an int: never trim the heap top
+
+_applied: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds for this process (once); True where they were set."""
+    global _applied
+    if _applied is None:
+        _applied = False
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name or "libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):
+            return False
+        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+        _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _applied
