@@ -1,5 +1,5 @@
-"""HC's dynamic mix-in on CPU as numba loops: coefficients and pre-mix in one pass over the stream,
-and their backward in one more (the maths of `mhc_lm.model.stream_ops.hc_mix_in_reference`).
+"""HC's dynamic mix-in on CPU as numba loops: the forward in two passes over the stream around numpy's
+tanh, the backward in one (the maths of `mhc_lm.model.stream_ops.hc_mix_in_reference`).
 
 Per token t and stream i (K = n + 2 columns [W_m | W_r | W_b], P = x W; both passes get W
 transposed, wt (K, C)):
@@ -14,10 +14,13 @@ Backward, for g = dL/dh, G_r = dL/dA_r, G_b = dL/dB:
     dP_i = r_i dz;  dr_i = sum_k dz_k P_ik
     dx_i = A_m[i] g - (dr_i r_i^3 / C) x_i + W dP_i   (+ dx_in_i, added last: see below)
 
-P = x W is made in the forward's pass, three columns per sweep over the row (`projection_row`), and
-saved for the backward: MKL ran the (N n, C) x (C, K = 6) matmul in 0.62 ms on an AMD EPYC (0.21 in
-its other orientation), while in the pass, where the row is in L1 for the norm anyway, it adds
-0.01 ms (C = 256, 1024 tokens, 2 threads). The backward adds W dP_i into dx_i three columns per
+P = x W is made in the forward's first pass, three columns per sweep over the row (`projection_row`),
+and saved for the backward: MKL ran the (N n, C) x (C, K = 6) matmul in 0.62 ms on an AMD EPYC
+(0.21 in its other orientation), while in the pass, where the row is in L1 for the norm anyway, it
+adds 0.01 ms (C = 256, 1024 tokens, 2 threads). The first pass ends with z = r P; numpy's SIMD tanh
+makes d from it in place (libm's scalar tanhf, six calls per token and stream, was 0.30 of the
+0.51 ms one-pass forward on an Intel Xeon at 2 threads, 0.6 of 1.2 ms at one), and the second pass
+makes the coefficients and the pre-mix. The backward adds W dP_i into dx_i three columns per
 sweep too, the first sweep with the other two terms (C = 256: the kernel 0.39 -> 0.26 ms with the
 stream in cache, against one sweep per column). dW = (dP^T x)^T stays a BLAS matmul outside
 (`hc_ops.py`): in the loop it needs a reduction over tokens per thread, which was slower. `dx_in`
@@ -63,7 +66,9 @@ def projection_row(x, t, i, wt, p):
 
 
 @nb.njit(parallel=True, cache=True, fastmath=REDUCE)
-def hc_mix_in_forward(x, wt, alpha_m, alpha_r, beta, sa, sb, eps, out, a_m, a_r, b, r, d, p):
+def hc_projection_forward(x, wt, eps, r, p, z):
+    """The forward's first pass: r, P = x W and z = r P, the tanh's argument (the caller applies
+    numpy's vectorised tanh to z in place: `hc_ops.py`)."""
     N, n, C = x.shape
     K = wt.shape[0]
     zero, one, width = x.dtype.type(0), x.dtype.type(1), x.dtype.type(C)
@@ -76,7 +81,15 @@ def hc_mix_in_forward(x, wt, alpha_m, alpha_r, beta, sa, sb, eps, out, a_m, a_r,
             ri = one / np.sqrt(ss / width + eps)
             r[t, i] = ri
             for k in range(K):
-                d[t, i, k] = np.tanh(p[t, i, k] * ri)
+                z[t, i, k] = p[t, i, k] * ri
+
+
+@nb.njit(parallel=True, cache=True, fastmath=REDUCE)
+def hc_mix_in_forward(x, d, alpha_m, alpha_r, beta, sa, sb, out, a_m, a_r, b):
+    """The second pass, from d = tanh(z): the coefficients and the pre-mix."""
+    N, n = x.shape[0], x.shape[1]
+    for t in nb.prange(N):
+        for i in range(n):
             a_m[t, i] = alpha_m[i] + sa * d[t, i, 0]
             for j in range(n):
                 a_r[t, i, j] = alpha_r[i, j] + sa * d[t, i, 1 + j]
