@@ -23,7 +23,8 @@ makes d from it in place (libm's scalar tanhf, six calls per token and stream, w
 makes the coefficients and the pre-mix. The backward adds W dP_i into dx_i three columns per
 sweep too, the first sweep with the other two terms (C = 256: the kernel 0.39 -> 0.26 ms with the
 stream in cache, against one sweep per column). dW = (dP^T x)^T stays a BLAS matmul outside
-(`hc_ops.py`): in the loop it needs a reduction over tokens per thread, which was slower. `dx_in`
+(`hc_ops.py`): in the loop it needs partial sums per fixed token chunk, which measured within the
+noise of BLAS (docs/performance.md, "CPU kernels"). `dx_in`
 is the gradient that the stream's other consumer (post + residual) sent, added as the last
 operation with plain IEEE rounding (`stream_mix.add_into`, no fast-math): the same bits as autograd
 summing the two contributions. Every token is independent, so nothing depends on the thread count.
