@@ -1,12 +1,13 @@
 """Keep freed host memory for reuse (`train.keep_host_memory`, CPU runs).
 
 torch's CPU allocator has no cache: each activation, gradient and temporary is a fresh `malloc`.
-glibc serves large blocks with `mmap` (or returns the top of its heap to the system once more
-than the trim threshold is free), so the next block of that size is new memory again and every
-4 KiB page of it faults on first touch: a 4 MiB stream tensor is ~1000 page faults, paid in the op
-that first writes it (in profiles, `fill_` and `log_softmax_backward` swung by 3-5x between steps).
-Setting glibc's two thresholds fixes them (no more adapting): blocks up to 32 MiB (the largest
-value glibc accepts) come from the heap, and freed memory is kept for the next step. The
+glibc serves large blocks with `mmap` and returns the top of its heap to the system once more than
+its trim threshold is free; both thresholds adapt to what it has seen, so whether a step's blocks
+are new memory again depends on where small allocations land. New memory faults on first touch,
+once per 4 KiB page: a 4 MiB stream tensor is ~1000 page faults, paid in the op that first writes
+it (in profiles, `fill_` and `log_softmax_backward` swung by 3-5x between steps). Setting the two
+thresholds fixes them: blocks up to 32 MiB (the largest value glibc accepts) come from the heap,
+and freed memory is kept for the next step. The
 process's resident memory then stays at its peak instead of shrinking between steps, as with a
 caching allocator. Measured by `benchmarks/train_throughput.py` (which applies the same setting,
 `--system-malloc` to compare): docs/performance.md "Host memory".
